@@ -1,0 +1,327 @@
+"""Render, pure: one job (API model) + one attempt -> the Kubernetes objects that attempt needs.
+
+An attempt is three objects, all owned by the job object and all named `<job>-<stage>-a<N>`:
+
+* a ConfigMap with the stage config (forgeline.jobs.contract), mounted read-only;
+* a headless Service (clusterIP None, publishNotReadyAddresses) so every pod has a DNS name
+  before it is Ready: torchrun's rendezvous needs rank 0's name while the pods still start;
+* an Indexed batch/v1 Job, completions = parallelism = nodes, backoffLimit 0. The Job controller
+  creates the pods; the podFailurePolicy fails the Job at once on the permanent exit codes (2, 3)
+  and ignores disruptions, which the operator turns into a whole-gang restart that costs no
+  retry budget (policies/restart.py).
+
+The stage name is part of the child name because a PretrainJob and a LoRAJob may share a name in
+one namespace. A new attempt is a new name, so a restarted gang never meets a stale peer, DNS
+record or rendezvous (PET_RDZV_ID changes too). Nothing here talks to a cluster; reconcile applies
+what this returns.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from forgeline.operator.api.kinds import API_VERSION, Job
+from forgeline.operator.stageconfig import ResolvedInput, build_stage_config, output_uri
+
+Obj = dict[str, Any]
+
+LABEL_JOB = "forgeline.io/job"
+LABEL_KIND = "forgeline.io/kind"
+LABEL_ATTEMPT = "forgeline.io/attempt"
+# The Job controller labels each pod with its completion index; that index is the node rank.
+LABEL_RANK = "batch.kubernetes.io/job-completion-index"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+CONTAINER = "trainer"
+CONFIG_DIR = "/etc/forgeline"
+CONFIG_FILE = "stage.json"
+TERMINATION_PATH = "/dev/termination-log"
+MASTER_PORT = 29500
+PERMANENT_EXIT_CODES = (2, 3)
+
+# Metadata of the job object that must not reach the pods: kubectl's bookkeeping, ours, kopf's.
+_PRIVATE_PREFIXES = ("kubectl.kubernetes.io/", "forgeline.io/", "operator.forgeline.io/", "kopf.zalando.org/")
+
+# Sensible for multi-node NCCL; a user env var of the same name wins.
+NCCL_DEFAULTS: dict[str, str] = {
+    "NCCL_DEBUG": "WARN",
+    "NCCL_IB_TIMEOUT": "22",
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",  # a dead peer raises instead of hanging the gang
+    "TORCH_NCCL_DUMP_ON_TIMEOUT": "0",
+}
+PROCESS_DEFAULTS: dict[str, str] = {
+    "PYTHONUNBUFFERED": "1",
+    "HF_HUB_OFFLINE": "1",  # models come from the artifact store, never from the Hub
+    "HOME": "/tmp",  # the root filesystem is read-only
+}
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Operator-wide settings (flags of `forgeline operator`), the same for every job."""
+
+    image: str = "ghcr.io/forgeline/trainer:0.1.0"
+    store: str = "s3://forgeline"
+    metrics_port: int = 9400
+    python: str = "python"
+    service_account: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The job object as the API server knows it (what ownerReferences need)."""
+
+    uid: str
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+def child_name(job: Job, attempt: int) -> str:
+    return f"{job.metadata.name}-{job.stage}-a{attempt}"
+
+
+def job_labels(job: Job) -> dict[str, str]:
+    """The labels every child of `job` carries (list selectors use them)."""
+    return {LABEL_JOB: job.metadata.name, LABEL_KIND: job.kind}
+
+
+def attempt_labels(job: Job, attempt: int) -> dict[str, str]:
+    return {**job_labels(job), LABEL_ATTEMPT: str(attempt)}
+
+
+def passthrough(meta: dict[str, str]) -> dict[str, str]:
+    """User labels/annotations copied to the children (Kueue's queue name, cost centres, ...)."""
+    return {k: v for k, v in meta.items() if not k.startswith(_PRIVATE_PREFIXES)}
+
+
+def rdzv_id(uid: str, attempt: int) -> str:
+    return f"{uid}-{attempt}"
+
+
+def owner_reference(job: Job, owner: Owner) -> Obj:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": job.kind,
+        "name": job.metadata.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(job: Job, owner: Owner, attempt: int) -> Obj:
+    return {
+        "name": child_name(job, attempt),
+        "namespace": job.metadata.namespace or "default",
+        "labels": {**passthrough(owner.labels), **attempt_labels(job, attempt)},
+        "ownerReferences": [owner_reference(job, owner)],
+    }
+
+
+def render_config_map(
+    job: Job, owner: Owner, attempt: int, inputs: dict[str, ResolvedInput], settings: RenderSettings
+) -> Obj:
+    config = build_stage_config(
+        job,
+        attempt=attempt,
+        output=output_uri(settings.store, job),
+        inputs=inputs,
+        metrics_port=settings.metrics_port,
+        termination_message_path=TERMINATION_PATH,
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, owner, attempt),
+        "data": {CONFIG_FILE: json.dumps(config.to_dict(), indent=2, sort_keys=True)},
+    }
+
+
+def render_service(job: Job, owner: Owner, attempt: int) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, owner, attempt),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # rank 0 must resolve before it is Ready
+            "selector": attempt_labels(job, attempt),
+            "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def _env(job: Job, owner: Owner, attempt: int, settings: RenderSettings) -> list[Obj]:
+    name = child_name(job, attempt)
+    res = job.spec.resources
+    defaults = {**NCCL_DEFAULTS, **PROCESS_DEFAULTS, **settings.extra_env}
+    user = {e.name: e for e in res.env}
+    env: list[Obj] = [{"name": k, "value": v} for k, v in defaults.items() if k not in user]
+    for var in res.env:
+        entry: Obj = {"name": var.name}
+        if var.value_from is not None:
+            entry["valueFrom"] = var.value_from
+        else:
+            entry["value"] = var.value or ""
+        env.append(entry)
+    secret = job.spec.storage.credentials_secret
+    if secret:
+        # Credentials only ever arrive by reference: the secret's values never pass through us.
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            if key not in user:
+                env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    # The torchrun contract (shared/DESIGN.md); validation rejects user variables of these names.
+    env += [
+        {"name": "PET_NNODES", "value": str(res.nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(res.procs)},
+        {
+            "name": "PET_NODE_RANK",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{LABEL_RANK}']"}},
+        },
+        {"name": "PET_MASTER_ADDR", "value": f"{name}-0.{name}"},
+        {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
+        {"name": "PET_RDZV_ID", "value": rdzv_id(owner.uid, attempt)},
+    ]
+    return env
+
+
+def _resources(job: Job) -> Obj:
+    res = job.spec.resources
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if res.cpu:
+        requests["cpu"] = limits["cpu"] = res.cpu
+    if res.memory:
+        requests["memory"] = limits["memory"] = res.memory
+    if res.gpus_per_node:
+        limits[GPU_RESOURCE] = str(res.gpus_per_node)
+    out: Obj = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _tolerations(job: Job) -> list[Obj]:
+    tolerations = [t.wire() for t in job.spec.resources.tolerations]
+    if job.spec.resources.gpus_per_node:
+        tolerations.insert(0, {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def render_pod_template(job: Job, owner: Owner, attempt: int, settings: RenderSettings) -> Obj:
+    res = job.spec.resources
+    name = child_name(job, attempt)
+    container: Obj = {
+        "name": CONTAINER,
+        "image": res.image or settings.image,
+        "command": [settings.python, "-m", "forgeline.jobs.launch"],
+        # torchrun's own flags come from the PET_* variables; -m runs the stage as a module.
+        "args": ["-m", f"forgeline.jobs.{job.stage}", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        "env": _env(job, owner, attempt, settings),
+        "ports": [{"name": "rendezvous", "containerPort": MASTER_PORT, "protocol": "TCP"}],
+        "resources": _resources(job),
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "terminationMessagePath": TERMINATION_PATH,
+        # The result summary on success; the log tail when a crash left no message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if settings.metrics_port:
+        container["ports"].append({"name": "metrics", "containerPort": settings.metrics_port, "protocol": "TCP"})
+    spec: Obj = {
+        "subdomain": name,  # pod hostname <name>-<index> (set by the Job controller) under this Service
+        "restartPolicy": "Never",  # the gang restarts as a whole, never one pod in place
+        "automountServiceAccountToken": False,  # training pods get no Kubernetes API access
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": name}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    if tolerations := _tolerations(job):
+        spec["tolerations"] = tolerations
+    if res.node_selector:
+        spec["nodeSelector"] = dict(res.node_selector)
+    if res.affinity:
+        spec["affinity"] = res.affinity
+    if res.priority_class_name:
+        spec["priorityClassName"] = res.priority_class_name
+    if res.scheduler_name:
+        spec["schedulerName"] = res.scheduler_name
+    if settings.service_account:
+        spec["serviceAccountName"] = settings.service_account
+    return {
+        "metadata": {
+            "labels": {**passthrough(owner.labels), **attempt_labels(job, attempt)},
+            "annotations": passthrough(owner.annotations),
+        },
+        "spec": spec,
+    }
+
+
+def render_job(job: Job, owner: Owner, attempt: int, settings: RenderSettings) -> Obj:
+    nodes = job.spec.resources.nodes
+    body: Obj = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(job, owner, attempt),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": nodes,
+            "parallelism": nodes,
+            "backoffLimit": 0,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": CONTAINER,
+                            "operator": "In",
+                            "values": list(PERMANENT_EXIT_CODES),
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]
+            },
+            "template": render_pod_template(job, owner, attempt, settings),
+        },
+    }
+    if KUEUE_QUEUE_LABEL in owner.labels:
+        # Kueue admits a batch Job by unsuspending it; created suspended, no pod exists before that.
+        body["spec"]["suspend"] = True
+    return body
+
+
+def render_attempt(
+    job: Job, owner: Owner, attempt: int, inputs: dict[str, ResolvedInput], settings: RenderSettings
+) -> list[Obj]:
+    """Every object of one attempt, in the order to apply them (the Job last: its pods need both)."""
+    return [
+        render_config_map(job, owner, attempt, inputs, settings),
+        render_service(job, owner, attempt),
+        render_job(job, owner, attempt, settings),
+    ]
