@@ -45,7 +45,7 @@ test: $(STAMP) lint
 	FORGELINE_TESTBIN_DIR=$$(tests/cluster/kube/build.sh) $(VENV)/bin/pytest -q --durations=15 tests
 
 dev-cluster: $(STAMP)
-	FORGELINE_TESTBIN_DIR=$$(tests/cluster/kube/build.sh) $(PY) -m testbed.launcher
+	FORGELINE_TESTBIN_DIR=$$(tests/cluster/kube/build.sh) PYTHONPATH=tests $(PY) -m testbed.launcher
 
 clean:
 	rm -rf .forgeline .pytest_cache .mypy_cache .ruff_cache

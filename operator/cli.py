@@ -6,23 +6,30 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _crds(args: argparse.Namespace) -> int:
     from forgeline.operator.api.crd import render_crds, write_crds
 
-    directory = Path(args.out)
+    directories = [Path(args.out)]
+    chart_copy = Path(args.chart_out) if args.chart_out else None
+    if chart_copy is not None and (chart_copy.parents[1] / "Chart.yaml").is_file():
+        # The chart templates these copies (behind crds.install); Helm never upgrades files in crds/.
+        directories.append(chart_copy)
     if args.check:
         stale = [
-            n
+            directory / n
+            for directory in directories
             for n, text in render_crds().items()
             if not (directory / n).is_file() or (directory / n).read_text() != text
         ]
-        for name in stale:
-            print(f"{directory / name}: stale; run `forgeline crds`", file=sys.stderr)
+        for path in stale:
+            print(f"{path}: stale; run `forgeline crds`", file=sys.stderr)
         return 1 if stale else 0
-    for path in write_crds(directory):
-        print(path)
+    for directory in directories:
+        for path in write_crds(directory):
+            print(path)
     return 0
 
 
@@ -48,12 +55,67 @@ def _run(args: argparse.Namespace) -> int:
     )
 
 
+def _status(args: argparse.Namespace) -> int:
+    from kubernetes import client, config
+
+    from forgeline.operator.api.kinds import GROUP, KINDS, VERSION
+    from forgeline.operator.statusview import render_tree
+
+    try:
+        config.load_kube_config(config_file=args.kubeconfig)
+    except config.ConfigException as exc:
+        print(f"error: cannot load a kubeconfig ({exc}); set KUBECONFIG or pass --kubeconfig", file=sys.stderr)
+        return 1
+    api = client.CustomObjectsApi()
+    objects: list[dict[str, Any]] = []
+    for cls in KINDS.values():
+        listing: dict[str, Any] = api.list_namespaced_custom_object(GROUP, VERSION, args.namespace, cls.plural)
+        objects.extend(listing.get("items", []))
+    print(render_tree(objects))
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    import logging
+
+    from forgeline.operator import handlers
+    from forgeline.operator.client import KubeClient
+    from forgeline.operator.controller import Controller
+    from forgeline.operator.metrics import OperatorMetrics
+    from forgeline.operator.render import RenderSettings
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = RenderSettings(
+        image=args.image, store=args.store, metrics_port=args.trainer_metrics_port, python=args.python
+    )
+    metrics = OperatorMetrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port, addr=args.metrics_addr)
+    controller = Controller(
+        KubeClient.from_environment(),
+        settings,
+        metrics=metrics,
+        workers=args.workers,
+        resync_seconds=args.resync_seconds,
+    )
+    handlers.run(controller, namespaces=args.namespace or None, liveness=args.liveness or None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgeline", description="Multi-stage LLM training on Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
     p.add_argument("--out", default="crds", help="directory (default: crds)")
+    p.add_argument(
+        "--chart-out",
+        default="charts/forgeline/files/crds",
+        help="also write byte-identical copies here when the chart two levels up exists ('' to skip; "
+        "default: charts/forgeline/files/crds)",
+    )
     p.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
     p.set_defaults(func=_crds)
 
@@ -67,6 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=".forgeline", help="logs, reports and the default store")
     p.add_argument("--max-procs", type=int, default=None, help="cap processes per stage (default: CPU cores)")
     p.set_defaults(func=_run)
+    p = sub.add_parser("operator", help="run the operator (kopf) against the current kubeconfig or in-cluster")
+    p.add_argument("--namespace", action="append", help="watch this namespace (repeatable; default: all)")
+    p.add_argument("--store", default="s3://forgeline", help="artifact store for jobs without spec.storage.outputUri")
+    p.add_argument(
+        "--image", default="ghcr.io/forgeline/trainer:0.1.0", help="trainer image (spec.resources.image wins)"
+    )
+    p.add_argument("--python", default="python", help="the interpreter in the trainer image")
+    p.add_argument("--metrics-port", type=int, default=8080, help="the operator's /metrics (0: off)")
+    p.add_argument("--metrics-addr", default="0.0.0.0")
+    p.add_argument("--trainer-metrics-port", type=int, default=9400, help="rank 0's metrics port (0: off)")
+    p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf's liveness endpoint ('' off)")
+    p.add_argument("--workers", type=int, default=4, help="jobs reconciled in parallel")
+    p.add_argument("--resync-seconds", type=float, default=60.0, help="look at every job at least this often")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_operator)
+
+    p = sub.add_parser("status", help="print a namespace's jobs as a pipeline tree")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("--kubeconfig", default=None)
+    p.set_defaults(func=_status)
     return parser
 
 

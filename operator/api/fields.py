@@ -54,6 +54,7 @@ Quantity = Annotated[
         json_schema_extra={
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY,  # pydantic leaves it out of the schema when the type is a union
         },
     ),
 ]

@@ -7,13 +7,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The metric that says whether a stage did its job, in order of preference.
+# The metric that says whether a stage did its job: (label, value before training, after).
 KEY_METRICS = {
-    "pretrain": ("eval_loss", "final_loss", "loss"),
-    "reward": ("eval_accuracy", "accuracy"),
-    "rlhf": ("reward_after", "reward_lift", "mean_reward"),
-    "lora": ("eval_loss", "final_loss", "loss"),
+    "pretrain": ("eval loss", "eval_loss_initial", "eval_loss_final"),
+    "reward": ("eval accuracy", "eval_accuracy_initial", "eval_accuracy_final"),
+    "rlhf": ("reward", "eval_before_reward", "eval_after_reward"),
+    "lora": ("eval loss", "eval_loss_initial", "eval_loss_final"),
 }
+# What each stage's curve plots: RL losses say little (RLOO's is ~0 by construction); reward does.
+CURVE_METRIC = {"rlhf": "reward"}
+# RLHF's held-out evaluation before and after, plotted side by side (with standard errors).
+REWARD_PLOTS = (("reward", "reward model score"), ("true_reward", "hidden true reward"))
 
 
 @dataclass
@@ -31,11 +35,22 @@ class StageRecord:
     curve: list[tuple[int, float]] = field(default_factory=list)
 
     def key_metric(self) -> str:
-        for name in KEY_METRICS.get(self.stage, ()):
-            value = self.metrics.get(name)
-            if isinstance(value, int | float):
-                return f"{name}={value:.4g}"
+        if self.stage in KEY_METRICS:
+            label, before, after = KEY_METRICS[self.stage]
+            if isinstance(self.metrics.get(after), int | float):
+                start = self.metrics.get(before)
+                start_text = f"{start:.3g} -> " if isinstance(start, int | float) else ""
+                return f"{label} {start_text}{self.metrics[after]:.3g}"
         return self.reason[:40] if self.reason else "-"
+
+
+def curve_point(stage: str, event: dict[str, Any]) -> tuple[int, float] | None:
+    """The (step, value) a progress event adds to the stage's curve, if it has one."""
+    if event.get("event") != "progress":
+        return None
+    metric = CURVE_METRIC.get(stage, "loss")
+    value = event.get(metric, (event.get("metrics") or {}).get(metric))
+    return (int(event["step"]), float(value)) if isinstance(value, int | float) else None
 
 
 def print_summary(records: list[StageRecord], seconds: float) -> None:
@@ -72,24 +87,20 @@ def write_report(records: list[StageRecord], workdir: Path) -> Path:
             ax.plot(steps, losses)
             ax.set_title(f"{r.kind}/{r.name}")
             ax.set_xlabel("step")
-            ax.set_ylabel("loss")
+            ax.set_ylabel(CURVE_METRIC.get(r.stage, "loss"))
         fig.tight_layout()
         fig.savefig(workdir / "loss.png", dpi=90)
         plt.close(fig)
-    pairs = [(r, k[: -len("_before")]) for r in records for k in r.metrics if k.endswith("_before")
-             and f"{k[: -len('_before')]}_after" in r.metrics]  # fmt: skip
-    if pairs:
-        fig, ax = plt.subplots(figsize=(1.8 + 2.2 * len(pairs), 3.2))
-        labels, before, after = [], [], []
-        for r, base in pairs:
-            labels.append(f"{r.name}\n{base}")
-            before.append(float(r.metrics[f"{base}_before"]))
-            after.append(float(r.metrics[f"{base}_after"]))
-        xs = range(len(pairs))
-        ax.bar([x - 0.2 for x in xs], before, width=0.4, label="before")
-        ax.bar([x + 0.2 for x in xs], after, width=0.4, label="after")
-        ax.set_xticks(list(xs), labels)
-        ax.legend()
+    rlhf = [r for r in records if all(f"eval_after_{m}" in r.metrics for m, _ in REWARD_PLOTS)]
+    if rlhf:
+        fig, axes = plt.subplots(1, len(REWARD_PLOTS), figsize=(4 * len(REWARD_PLOTS), 3.2), squeeze=False)
+        for ax, (metric, title) in zip(axes[0], REWARD_PLOTS, strict=True):
+            for i, r in enumerate(rlhf):
+                values = [float(r.metrics[f"eval_{when}_{metric}"]) for when in ("before", "after")]
+                errors = [float(r.metrics.get(f"eval_{when}_{metric}_se", 0.0)) for when in ("before", "after")]
+                ax.bar([i - 0.2, i + 0.2], values, width=0.4, yerr=errors, color=["tab:gray", "tab:blue"])
+            ax.set_xticks(range(len(rlhf)), [f"{r.name}\nbefore | after" for r in rlhf])
+            ax.set_title(title)
         fig.tight_layout()
         fig.savefig(workdir / "reward.png", dpi=90)
         plt.close(fig)

@@ -24,7 +24,7 @@ from forgeline.operator.api.kinds import Job
 from forgeline.operator.chain import Chain, JobKey, resolve
 from forgeline.operator.local.gang import Gang
 from forgeline.operator.local.progress import ProgressLine
-from forgeline.operator.local.report import StageRecord, print_summary, write_report
+from forgeline.operator.local.report import StageRecord, curve_point, print_summary, write_report
 from forgeline.operator.manifests import ManifestSyntaxError, load_documents
 from forgeline.operator.stageconfig import ResolvedInput, build_stage_config, output_uri
 from forgeline.operator.validate import InvalidManifest, Problem, parse_job, subject_of
@@ -94,8 +94,7 @@ class LocalPipeline:
             line = ProgressLine(str(key))
             result = gang.run(line.update)
             line.finish()
-            record.curve.extend((e["step"], e["loss"]) for e in result.events if e.get("event") == "progress"
-                                and e.get("loss") is not None)  # fmt: skip
+            record.curve.extend(p for e in result.events if (p := curve_point(job.stage, e)) is not None)
             if result.exit_code == 0:
                 final = result.last("result") or {}
                 record.state = "Succeeded"

@@ -1,0 +1,58 @@
+"""`forgeline status` renders a namespace's jobs as a pipeline tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from forgeline.operator.manifests import load_documents
+from forgeline.operator.statusview import render_tree
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "pipeline.yaml"
+
+
+def with_status(doc: dict[str, Any], **status: Any) -> dict[str, Any]:
+    return {**doc, "status": status}
+
+
+def test_pipeline_tree_shows_each_stage_under_its_input_with_state_progress_and_output() -> None:
+    docs = {d.body["kind"]: d.body for d in load_documents(EXAMPLE)}
+    objects = [
+        with_status(
+            docs["PretrainJob"],
+            state="Succeeded",
+            progress={"summary": "300/300 (100%)"},
+            output={"uri": "s3://store/base", "digest": "sha256:" + "ab" * 32},
+        ),
+        with_status(docs["RewardModelJob"], state="Running", restarts=1, progress={"summary": "75/150 (50%)"}),
+        with_status(
+            docs["RLHFJob"],
+            state="Waiting",
+            conditions=[
+                {
+                    "type": "InputsReady",
+                    "status": "False",
+                    "reason": "WaitingForUpstream",
+                    "message": "RewardModelJob/judge is Running",
+                    "lastTransitionTime": "2026-11-26T00:00:00Z",
+                }
+            ],
+        ),
+        docs["LoRAJob"],
+    ]
+    text = render_tree(objects)
+    lines = text.splitlines()
+    assert lines[0].split() == ["JOB", "STATE", "PROGRESS", "OUTPUT", "/", "CAUSE"]
+    assert lines[1].startswith("PretrainJob/base ")
+    assert "Succeeded" in lines[1] and "300/300 (100%)" in lines[1] and "sha256:abababababab" in lines[1]
+    assert any(line.startswith("└─ RewardModelJob/judge") for line in lines), text
+    rlhf = next(line for line in lines if "RLHFJob/aligned" in line)
+    assert rlhf.startswith("   └─ RLHFJob/aligned"), text
+    assert "(+ PretrainJob/base)" in rlhf
+    assert "WaitingForUpstream: RewardModelJob/judge is Running" in rlhf
+    assert "Running (1 restarts)" in text
+    assert any("LoRAJob/tuned" in line and "Pending" in line for line in lines)
+
+
+def test_empty_namespace() -> None:
+    assert render_tree([]) == "no forgeline jobs"
