@@ -1,0 +1,148 @@
+"""LoRA stage: peft low-rank adapters on an input LM, trained on SFT data (prompt + completion).
+
+The loss covers completion tokens only (prompt tokens are labelled -100): the adapter should
+learn to answer, not to reproduce prompts. Artifact layout:
+- `adapter/`: the adapter alone (adapter_config.json, adapter_model.safetensors) plus the tokenizer;
+  small, and applied onto the input model named in the manifest's lineage;
+- the artifact root: the merged model plus tokenizer when `lora.merge` is true, so any later
+  stage can take this artifact as a plain `model` input; otherwise the adapter files.
+The merge is checked against the adapter model on held-out data (max |logit difference|).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from forgeline.jobs import data as datamod
+from forgeline.jobs import modeling
+from forgeline.jobs.loop import LoopSpec, sharded_eval, token_nll, train_loop
+from forgeline.jobs.reward import pad_right
+from forgeline.jobs.runtime import Runtime, exit_process, stage_main
+from forgeline.jobs.storage import fresh_dir
+
+
+def encode_sft(
+    tokenizer: Any, records: list[dict[str, Any]], prompt_field: str, completion_field: str, max_len: int
+) -> list[tuple[list[int], int]]:
+    """(ids of prompt + completion + EOS, number of prompt tokens) per record."""
+    prompts = tokenizer([r[prompt_field] for r in records], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([r[completion_field] + tokenizer.eos_token for r in records], add_special_tokens=False)[
+        "input_ids"
+    ]
+    return [((p + a)[:max_len], len(p)) for p, a in zip(prompts, answers, strict=True)]
+
+
+def sft_batch(items: list[tuple[list[int], int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    batch = pad_right([ids for ids, _ in items], pad_id, device)
+    labels = batch["input_ids"].clone()
+    labels[batch["attention_mask"] == 0] = -100
+    for row, (_, n_prompt) in enumerate(items):
+        labels[row, :n_prompt] = -100
+    batch["labels"] = labels
+    return batch
+
+
+def merged_logit_gap(adapter_model: torch.nn.Module, merged: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    with torch.no_grad():
+        a = adapter_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        b = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    mask = batch["attention_mask"].bool()
+    return float((a - b).abs()[mask].max())
+
+
+def train(rt: Runtime) -> tuple[Path, dict[str, Any]]:
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    cfg = rt.cfg
+    assert cfg.model is not None and cfg.lora is not None
+    base_dir = rt.fetch_input("model", cfg.model)
+    tokenizer = modeling.load_tokenizer(base_dir, cfg.model.uri)
+    base = modeling.load_causal_lm(base_dir, cfg.model.uri)
+    lc = cfg.lora
+    model = get_peft_model(
+        base,
+        LoraConfig(
+            r=lc.r,
+            lora_alpha=lc.alpha,
+            lora_dropout=lc.dropout,
+            target_modules=list(lc.target_modules),
+            task_type="CAUSAL_LM",
+        ),
+    )
+    trainable, total = model.get_nb_trainable_parameters()
+    fields = [cfg.data.prompt_field, cfg.data.completion_field]
+    records = datamod.load_records(cfg.data, rt.storage)
+    datamod.require_fields(records, fields, cfg.data.uri or "synthetic")
+    train_recs, eval_recs = datamod.split(records, cfg.data)
+    max_len = modeling.context_length(base)
+    items = encode_sft(tokenizer, train_recs, fields[0], fields[1], max_len)
+    eval_items = encode_sft(tokenizer, eval_recs or train_recs[:200], fields[0], fields[1], max_len)
+    wrapped = modeling.wrap(rt, model)
+    pad = tokenizer.pad_token_id
+    micro = max(1, cfg.training.batch_size // (rt.world * cfg.training.gradient_accumulation))
+
+    def make_batch(indices: list[int]) -> tuple[dict[str, torch.Tensor], int]:
+        batch = sft_batch([items[i] for i in indices], pad, rt.device)
+        return batch, int(batch["attention_mask"].sum())
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return m(**batch).loss
+
+    def nll_items(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = sft_batch([eval_items[i] for i in indices], pad, rt.device)
+        logits = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return token_nll(logits, batch["labels"])
+
+    def evaluate() -> dict[str, float]:
+        wrapped.eval()
+        return {"eval_loss": sharded_eval(rt, len(eval_items), micro, nll_items)}
+
+    metrics = train_loop(rt, LoopSpec(wrapped, len(items), make_batch, loss_fn, evaluate))
+    metrics.update(
+        trainable_parameters=trainable,
+        total_parameters=total,
+        trainable_fraction=trainable / total,
+        train_examples=len(items),
+    )
+    state = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    out = rt.scratch / "output"
+
+    def save() -> float | None:
+        fresh_dir(out)
+        adapter_dir = out / "adapter"
+        modeling.unwrap(wrapped).save_pretrained(str(adapter_dir), state_dict=state)
+        tokenizer.save_pretrained(str(adapter_dir))
+        if not lc.merge:
+            for f in adapter_dir.iterdir():
+                shutil.copy(f, out / f.name)
+            return None
+        adapter_model = PeftModel.from_pretrained(
+            modeling.load_causal_lm(base_dir, cfg.model.uri), str(adapter_dir)
+        ).eval()
+        merged = (
+            PeftModel.from_pretrained(modeling.load_causal_lm(base_dir, cfg.model.uri), str(adapter_dir))
+            .merge_and_unload()
+            .eval()
+        )
+        merged.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+        probe = sft_batch(eval_items[:16], pad, torch.device("cpu"))
+        return merged_logit_gap(adapter_model, merged, probe)
+
+    gap = rt.on_rank_zero(save)
+    if gap is not None:
+        metrics["merge_max_logit_diff"] = gap
+    return out, metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("lora", train, argv)
+
+
+if __name__ == "__main__":
+    exit_process(main())
