@@ -48,6 +48,10 @@ def output_uri(store: str, job: Job) -> str:
     return job.spec.storage.output_uri or default_output_uri(store, job)
 
 
+def default_world_size(job: Job) -> int:
+    return job.spec.resources.nodes * job.spec.resources.procs
+
+
 def build_stage_config(
     job: Job,
     *,
@@ -57,8 +61,13 @@ def build_stage_config(
     metrics_port: int = 0,
     termination_message_path: str | None = None,
     endpoint: str | None = None,
+    world_size: int | None = None,
 ) -> StageConfig:
-    """`inputs` maps a role (model, or policy and rewardModel) to its resolved artifact."""
+    """`inputs` maps a role (model, or policy and rewardModel) to its resolved artifact.
+
+    `world_size` is the number of processes that will really run (the local runner may run fewer
+    than the spec asks for); the contract's batch size is global, the spec's is per process.
+    """
     spec = job.spec
     stage = job.stage
     model_config = None
@@ -119,7 +128,7 @@ def build_stage_config(
             max_steps=training.max_steps,
             # Neither set: one pass over the data, which is what a user who said nothing expects.
             epochs=(training.epochs or 1) if training.max_steps is None else None,
-            batch_size=training.batch_size,
+            batch_size=training.batch_size * training.gradient_accumulation * (world_size or default_world_size(job)),
             learning_rate=training.learning_rate or DEFAULT_LEARNING_RATE[stage],
             precision=training.precision,
             checkpoint_interval=training.checkpoint_interval,

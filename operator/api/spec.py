@@ -146,7 +146,13 @@ class Data(ApiModel):
 class Training(ApiModel):
     max_steps: int | None = Field(default=None, ge=1, le=1_000_000_000)
     epochs: int | None = Field(default=None, ge=1, le=100_000)
-    batch_size: int = Field(default=8, ge=1, le=65536, description="per process")
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=65536,
+        description="sequences per process per micro-step; one optimizer step sees batchSize x processes x "
+        "gradientAccumulation sequences",
+    )
     gradient_accumulation: int = Field(default=1, ge=1, le=4096)
     learning_rate: float | None = Field(default=None, gt=0.0, le=1.0)
     warmup_steps: int = Field(default=0, ge=0, le=1_000_000)

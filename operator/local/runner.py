@@ -82,7 +82,9 @@ class LocalPipeline:
         attempt = 0
         while True:
             attempt += 1
-            config = build_stage_config(job, attempt=attempt, output=record.output, inputs=inputs)
+            config = build_stage_config(
+                job, attempt=attempt, output=record.output, inputs=inputs, world_size=nodes * procs
+            )
             config_path = stage_dir / f"config-attempt{attempt}.json"
             config_path.write_text(json.dumps(config.to_dict(), indent=1))
             print(f"--- {key}: attempt {attempt}, {nodes} node(s) x {procs} process(es), logs in {stage_dir}")

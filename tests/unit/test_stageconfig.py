@@ -55,3 +55,10 @@ def test_from_scratch_pretrain_has_architecture_and_no_input_model() -> None:
     assert parsed.model is None
     assert parsed.model_config is not None and parsed.model_config.hidden_size == 64
     assert parsed.tokenizer.vocab_size == 512
+
+
+def test_spec_batch_is_per_process_and_the_contract_batch_is_global() -> None:
+    job = example_jobs()["PretrainJob"]  # batchSize 8, 2 nodes x 1 process
+    assert parse_config(stage_config_dict(job, attempt=1, output="file:///o", inputs={})).training.batch_size == 16
+    local = stage_config_dict(job, attempt=1, output="file:///o", inputs={}, world_size=1)
+    assert parse_config(local).training.batch_size == 8, "a capped local run keeps the per-process batch"
