@@ -101,8 +101,12 @@ def peek_termination_path(config_path: str) -> str | None:
 
 
 def termination_path(configured: str | None) -> str | None:
+    """The config's path, else the pod's FORGELINE_TERMINATION_MESSAGE_PATH, else the kubelet's
+    default when it exists (never created on a machine that has none)."""
     if configured:
         return configured
+    if os.environ.get("FORGELINE_TERMINATION_MESSAGE_PATH"):
+        return os.environ["FORGELINE_TERMINATION_MESSAGE_PATH"]
     return DEFAULT_TERMINATION_PATH if os.path.exists(DEFAULT_TERMINATION_PATH) else None
 
 

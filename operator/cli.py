@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -69,7 +69,7 @@ def _status(args: argparse.Namespace) -> int:
     api = client.CustomObjectsApi()
     objects: list[dict[str, Any]] = []
     for cls in KINDS.values():
-        listing: dict[str, Any] = api.list_namespaced_custom_object(GROUP, VERSION, args.namespace, cls.plural)
+        listing = cast(dict[str, Any], api.list_namespaced_custom_object(GROUP, VERSION, args.namespace, cls.plural))
         objects.extend(listing.get("items", []))
     print(render_tree(objects))
     return 0

@@ -131,7 +131,9 @@ def render_config_map(
         output=output_uri(settings.store, job),
         inputs=inputs,
         metrics_port=settings.metrics_port,
-        termination_message_path=TERMINATION_PATH,
+        # null: the pod's FORGELINE_TERMINATION_MESSAGE_PATH says where (see _env), so a node that
+        # relocates the file (the test process node) relocates the variable with it.
+        termination_message_path=None,
     )
     return {
         "apiVersion": "v1",
@@ -185,6 +187,8 @@ def _env(job: Job, owner: Owner, attempt: int, settings: RenderSettings) -> list
         {"name": "PET_MASTER_ADDR", "value": f"{name}-0.{name}"},
         {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
         {"name": "PET_RDZV_ID", "value": rdzv_id(owner.uid, attempt)},
+        # Where rank 0 leaves its result for the operator: the container's terminationMessagePath.
+        {"name": "FORGELINE_TERMINATION_MESSAGE_PATH", "value": TERMINATION_PATH},
     ]
     return env
 
@@ -274,13 +278,10 @@ def render_pod_template(job: Job, owner: Owner, attempt: int, settings: RenderSe
         spec["schedulerName"] = res.scheduler_name
     if settings.service_account:
         spec["serviceAccountName"] = settings.service_account
-    return {
-        "metadata": {
-            "labels": {**passthrough(owner.labels), **attempt_labels(job, attempt)},
-            "annotations": passthrough(owner.annotations),
-        },
-        "spec": spec,
-    }
+    metadata: Obj = {"labels": {**passthrough(owner.labels), **attempt_labels(job, attempt)}}
+    if annotations := passthrough(owner.annotations):
+        metadata["annotations"] = annotations
+    return {"metadata": metadata, "spec": spec}
 
 
 def render_job(job: Job, owner: Owner, attempt: int, settings: RenderSettings) -> Obj:

@@ -7,6 +7,7 @@ startup    startupDeadlineSeconds: a gang that never got all its pods Running fa
 deadline   activeDeadlineSeconds across all attempts
 suspend    suspend deletes the pods and keeps status; resume starts a new attempt
 ttl        ttlSecondsAfterFinished deletes the job object
+output     status.output (URI, digest, final metrics) from rank 0's termination message
 
 reconcile.py strings them together; none of them talks to a cluster.
 """

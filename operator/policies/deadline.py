@@ -22,7 +22,5 @@ def check_active_deadline(start_time: datetime | None, now: datetime, limit: int
         return DeadlineVerdict(False, None)
     elapsed = (now - start_time).total_seconds()
     if elapsed >= limit:
-        return DeadlineVerdict(
-            False if limit <= 0 else True, 0.0, f"running for {int(elapsed)}s, over activeDeadlineSeconds ({limit}s)"
-        )
+        return DeadlineVerdict(True, 0.0, f"running for {int(elapsed)}s, over activeDeadlineSeconds ({limit}s)")
     return DeadlineVerdict(False, limit - elapsed)

@@ -43,7 +43,7 @@ def rank(pod: Obj) -> int | None:
     meta = pod.get("metadata") or {}
     raw = (meta.get("annotations") or {}).get(COMPLETION_INDEX) or (meta.get("labels") or {}).get(COMPLETION_INDEX)
     try:
-        return int(raw)
+        return int(str(raw))
     except (TypeError, ValueError):
         return None
 

@@ -9,6 +9,9 @@ a new Job (new names, new rendezvous id) that resumes from the latest complete c
   and it does not count against backoffLimit, because the user's code did nothing wrong;
 * any other failure: restart while restarts < backoffLimit, then fail with BackoffLimitExceeded.
 
+* a pod of a gang that was already running is gone (deleted, its node lost) with no failure to
+  read: restart, not counted; the survivors would only wait in NCCL for a peer that never comes.
+
 When several pods failed, the earliest failure is the cause; the others are usually its echo (a
 peer's NCCL error after rank 3 was OOM-killed).
 """
@@ -100,3 +103,10 @@ def decide_restart(outcome: AttemptOutcome, restarts: int, backoff_limit: int) -
             f"{outcome.message}; no restarts left ({restarts} of backoffLimit {backoff_limit} used)",
         )
     return None
+
+
+def gang_broken(attempt: int, detail: str) -> RestartDecision:
+    """The attempt was running and has fewer running pods now, with no failed pod to blame."""
+    return RestartDecision(
+        "restart", False, "PodLost", f"attempt {attempt} lost a pod after it was running ({detail}); restarting"
+    )

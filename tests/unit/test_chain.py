@@ -77,8 +77,13 @@ def test_self_reference_is_reported() -> None:
     # reach it by another path (e.g. read from the cluster), so build one with model_construct.
     jobs = [job("LoRAJob", "tuned", model=ref("PretrainJob", "base")), job("PretrainJob", "base")]
     tuned = jobs[0]
-    bad_model = tuned.spec.model.model_copy(update={"from_job": tuned.spec.model.from_job.model_copy(  # type: ignore[union-attr]
-        update={"kind": "LoRAJob", "name": "tuned"})})
+    bad_model = tuned.spec.model.model_copy(
+        update={
+            "from_job": tuned.spec.model.from_job.model_copy(  # type: ignore[union-attr]
+                update={"kind": "LoRAJob", "name": "tuned"}
+            )
+        }
+    )
     jobs[0] = tuned.model_copy(update={"spec": tuned.spec.model_copy(update={"model": bad_model})})
     chain = resolve(jobs)
     assert [(p.code, str(p.job)) for p in chain.problems] == [("self", "LoRAJob/tuned")]
@@ -87,10 +92,16 @@ def test_self_reference_is_reported() -> None:
 def test_kind_that_cannot_feed_a_role_is_reported() -> None:
     jobs = [job("PretrainJob", "base"), job("RewardModelJob", "judge", model=ref("PretrainJob", "base"))]
     rlhf = job("RLHFJob", "aligned", policy=ref("PretrainJob", "base"), rewardModel=ref("RewardModelJob", "judge"))
-    policy = rlhf.spec.rlhf.policy.model_copy(update={"from_job": rlhf.spec.rlhf.policy.from_job.model_copy(  # type: ignore[union-attr]
-        update={"kind": "RewardModelJob", "name": "judge"})})
-    rlhf = rlhf.model_copy(update={"spec": rlhf.spec.model_copy(update={"rlhf": rlhf.spec.rlhf.model_copy(
-        update={"policy": policy})})})
+    policy = rlhf.spec.rlhf.policy.model_copy(
+        update={
+            "from_job": rlhf.spec.rlhf.policy.from_job.model_copy(  # type: ignore[union-attr]
+                update={"kind": "RewardModelJob", "name": "judge"}
+            )
+        }
+    )
+    rlhf = rlhf.model_copy(
+        update={"spec": rlhf.spec.model_copy(update={"rlhf": rlhf.spec.rlhf.model_copy(update={"policy": policy})})}
+    )
     chain = resolve([*jobs, rlhf])
     assert [(p.code, p.field) for p in chain.problems] == [("kind", "spec.rlhf.policy.fromJob")]
     assert "cannot be the policy of a RLHFJob" in chain.problems[0].message

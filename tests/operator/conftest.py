@@ -1,0 +1,244 @@
+"""The operator as a subprocess (`forgeline operator`) against the testbed control plane.
+
+One operator for the session, started after the CRDs are installed; each test gets its own
+namespace. Jobs choose their fate on the kwok nodes through a label on the job object, which the
+operator passes through to its pods (testbed/kwok-stages.yaml): `hang` keeps pods Running until a
+test patches one pod to fail or be evicted.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from testbed import procs
+from testbed.kube import OUTCOME_LABEL, apply_crds, new_namespace, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+FORGELINE = Path(sys.executable).with_name("forgeline")
+GROUP, VERSION = "forgeline.io", "v1alpha1"
+PLURALS = {
+    "PretrainJob": "pretrainjobs",
+    "RewardModelJob": "rewardmodeljobs",
+    "RLHFJob": "rlhfjobs",
+    "LoRAJob": "lorajobs",
+}
+ON_KWOK_CPU = {
+    "nodeSelector": {"type": "kwok"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
+class OperatorProcess:
+    """`forgeline operator` in its own process group; start/kill/start again for restart tests."""
+
+    def __init__(self, cluster: Any, workdir: Path) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.store = f"file://{workdir / 'store'}"
+        self.proc: procs.Proc | None = None
+        self.metrics_port = 0
+        self.liveness_port = 0
+        self.starts = 0
+
+    def start(self, resync: float = 5.0) -> None:
+        self.metrics_port, self.liveness_port = procs.free_port(), procs.free_port()
+        self.starts += 1
+        argv = [
+            str(FORGELINE),
+            "operator",
+            f"--store={self.store}",
+            f"--metrics-port={self.metrics_port}",
+            "--metrics-addr=127.0.0.1",
+            f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
+            f"--resync-seconds={resync}",
+            "--trainer-metrics-port=0",
+            "--workers=4",
+        ]
+        env = {**self.cluster.env(), "PYTHONSAFEPATH": "1"}
+        self.proc = procs.spawn(
+            "forgeline-operator", argv, log_path=self.workdir / f"operator-{self.starts}.log", env=env
+        )
+        procs.wait_until(self.live, timeout=60, what="the operator's liveness endpoint", proc=self.proc)
+
+    def live(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed or evicted operator pod: no clean-up code runs."""
+        if self.proc is not None:
+            import signal
+
+            self.proc.signal_group(signal.SIGKILL)
+            self.proc.popen.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(grace=5)
+            self.proc = None
+
+    def log(self) -> str:
+        return self.proc.tail(80) if self.proc is not None else ""
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Any) -> list[str]:
+    return apply_crds(cluster, REPO / "crds")
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Any, crds: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.fixture
+def core(cluster: Any) -> client.CoreV1Api:
+    return client.CoreV1Api(cluster.client)
+
+
+@pytest.fixture
+def batch(cluster: Any) -> client.BatchV1Api:
+    return client.BatchV1Api(cluster.client)
+
+
+@pytest.fixture
+def custom(cluster: Any) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(cluster.client)
+
+
+@pytest.fixture
+def ns(core: client.CoreV1Api, custom: client.CustomObjectsApi) -> Iterator[str]:
+    name = new_namespace(core, "op")
+    yield name
+    # Free the fake GPUs before the next test: delete the jobs, wait for their pods to go.
+    for plural in PLURALS.values():
+        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, name, plural)
+    wait_for(
+        lambda: not core.list_namespaced_pod(name, label_selector="forgeline.io/job").items,
+        timeout=60,
+        what=f"the pods in {name} to be deleted",
+    )
+    core.delete_namespace(name)
+
+
+class Jobs:
+    """Create and read forgeline jobs in one namespace; wait on their status with deadlines."""
+
+    def __init__(self, custom: client.CustomObjectsApi, core: client.CoreV1Api, batch: client.BatchV1Api, ns: str):
+        self.custom, self.core, self.batch, self.ns = custom, core, batch, ns
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURALS[body["kind"]], body))
+
+    def get(self, name: str, kind: str = "PretrainJob") -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURALS[kind], name))
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def status(self, name: str, kind: str = "PretrainJob") -> dict[str, Any]:
+        return (self.get(name, kind) or {}).get("status") or {}
+
+    def patch_spec(self, name: str, spec: dict[str, Any], kind: str = "PretrainJob") -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURALS[kind], name, {"spec": spec})
+
+    def delete(self, name: str, kind: str = "PretrainJob") -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, PLURALS[kind], name)
+
+    def wait(
+        self, name: str, check: Any, *, timeout: float = 60, what: str = "", kind: str = "PretrainJob"
+    ) -> dict[str, Any]:
+        last: dict[str, Any] = {}
+
+        def probe() -> dict[str, Any] | None:
+            nonlocal last
+            last = self.status(name, kind)
+            return last if check(last) else None
+
+        try:
+            return wait_for(probe, timeout=timeout, what=f"{kind}/{name} {what}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nlast status: {last}") from None
+
+    def wait_state(self, name: str, state: str, *, timeout: float = 60, kind: str = "PretrainJob") -> dict[str, Any]:
+        return self.wait(name, lambda s: s.get("state") == state, timeout=timeout, what=f"state {state}", kind=kind)
+
+    def pods(self, name: str, attempt: int | None = None) -> list[Any]:
+        selector = f"forgeline.io/job={name}" + (f",forgeline.io/attempt={attempt}" if attempt else "")
+        return [
+            p
+            for p in self.core.list_namespaced_pod(self.ns, label_selector=selector).items
+            if not p.metadata.deletion_timestamp
+        ]
+
+    def batch_jobs(self, name: str) -> list[Any]:
+        return list(self.batch.list_namespaced_job(self.ns, label_selector=f"forgeline.io/job={name}").items)
+
+
+@pytest.fixture
+def jobs(
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    batch: client.BatchV1Api,
+    ns: str,
+    operator: OperatorProcess,
+) -> Jobs:
+    return Jobs(custom, core, batch, ns)
+
+
+def pretrain(
+    name: str,
+    *,
+    outcome: str | None = "hang",
+    nodes: int = 1,
+    gpus: int = 1,
+    run_policy: dict[str, Any] | None = None,
+    **resources: Any,
+) -> dict[str, Any]:
+    """A small PretrainJob manifest; `outcome` picks what kwok does with its pods."""
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PretrainJob",
+        "metadata": {"name": name, "labels": {OUTCOME_LABEL: outcome} if outcome else {}},
+        "spec": {
+            "model": {"config": {"layers": 2, "hiddenSize": 64, "heads": 4, "vocabSize": 512, "contextLength": 64}},
+            "data": {"synthetic": {"examples": 200}},
+            "training": {"maxSteps": 10},
+            "resources": {"nodes": nodes, "gpusPerNode": gpus, **resources},
+            "runPolicy": run_policy or {},
+        },
+    }
+    return copy.deepcopy(body)
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+@pytest.fixture
+def manifest() -> Any:
+    return pretrain
+
+
+@pytest.fixture
+def cond() -> Any:
+    return condition

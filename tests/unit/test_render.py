@@ -1,0 +1,320 @@
+"""render, table-tested: one job + one attempt -> ConfigMap, headless Service, Indexed Job."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from forgeline.jobs.contract import parse_config
+from forgeline.operator.api.spec import RESERVED_ENV
+from forgeline.operator.render import (
+    KUEUE_QUEUE_LABEL,
+    NCCL_DEFAULTS,
+    Owner,
+    RenderSettings,
+    child_name,
+    render_attempt,
+)
+from forgeline.operator.stageconfig import ResolvedInput
+from forgeline.operator.validate import parse_job
+
+UID = "0b5e-uid"
+SETTINGS = RenderSettings(image="trainer:test", store="s3://store", metrics_port=9400)
+
+
+def make(kind: str = "PretrainJob", name: str = "base", **spec: Any) -> Any:
+    body: dict[str, Any] = {
+        "apiVersion": "forgeline.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "team-a"},
+        "spec": {"data": {"synthetic": {"examples": 100}}},
+    }
+    if kind == "PretrainJob":
+        body["spec"]["model"] = {
+            "config": {"layers": 2, "hiddenSize": 64, "heads": 4, "vocabSize": 512, "contextLength": 64}
+        }
+    elif kind == "RLHFJob":
+        body["spec"]["rlhf"] = {"policy": {"uri": "s3://m/p"}, "rewardModel": {"uri": "s3://m/r"}}
+    else:
+        body["spec"]["model"] = {"fromJob": {"kind": "PretrainJob", "name": "base"}}
+    body["spec"].update(spec)
+    return parse_job(body)
+
+
+def render(job: Any = None, attempt: int = 1, owner: Owner | None = None, **kw: Any) -> dict[str, dict[str, Any]]:
+    job = job or make()
+    objs = render_attempt(job, owner or Owner(UID), attempt, kw.pop("inputs", {}), kw.pop("settings", SETTINGS))
+    return {o["kind"]: o for o in objs}
+
+
+def pod_spec(objs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return objs["Job"]["spec"]["template"]["spec"]
+
+
+def env_of(objs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod_spec(objs)["containers"][0]["env"]}
+
+
+def test_attempt_is_config_map_service_and_job_with_one_name() -> None:
+    objs = render_attempt(make(), Owner(UID), 3, {}, SETTINGS)
+    assert [o["kind"] for o in objs] == ["ConfigMap", "Service", "Job"]
+    assert {o["metadata"]["name"] for o in objs} == {"base-pretrain-a3"}
+    assert {o["metadata"]["namespace"] for o in objs} == {"team-a"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "attempt", "expected"),
+    [
+        ("PretrainJob", 1, "base-pretrain-a1"),
+        ("LoRAJob", 1, "base-lora-a1"),
+        ("RewardModelJob", 12, "base-reward-a12"),
+        ("RLHFJob", 2, "base-rlhf-a2"),
+    ],
+)
+def test_child_names_differ_by_kind_and_attempt(kind: str, attempt: int, expected: str) -> None:
+    assert child_name(make(kind), attempt) == expected
+
+
+def test_longest_name_still_gives_dns_label_hostnames() -> None:
+    job = make(name="a" * 40)
+    assert len(f"{child_name(job, 999)}-1023") <= 63
+
+
+def test_every_child_is_owned_by_the_job_and_labelled() -> None:
+    for obj in render().values():
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert ref == {
+            "apiVersion": "forgeline.io/v1alpha1",
+            "kind": "PretrainJob",
+            "name": "base",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        labels = obj["metadata"]["labels"]
+        assert labels["forgeline.io/job"] == "base"
+        assert labels["forgeline.io/kind"] == "PretrainJob"
+        assert labels["forgeline.io/attempt"] == "1"
+
+
+def test_config_map_holds_a_stage_config_the_training_side_accepts() -> None:
+    inputs = {"model": ResolvedInput("s3://store/team-a/pretrainjob/base", "sha256:" + "c" * 64)}
+    objs = render(make("LoRAJob", name="tuned"), attempt=2, inputs=inputs)
+    config = parse_config(json.loads(objs["ConfigMap"]["data"]["stage.json"]))
+    assert config.stage == "lora"
+    assert config.run.attempt == 2 and config.run.namespace == "team-a"
+    assert config.output_uri == "s3://store/team-a/lorajob/tuned"
+    assert config.model is not None and config.model.digest == "sha256:" + "c" * 64
+    assert config.observability.metrics_port == 9400
+    assert config.observability.termination_message_path is None  # the kubelet's default path
+
+
+def test_service_is_headless_and_publishes_not_ready_addresses() -> None:
+    svc = render()["Service"]["spec"]
+    assert svc["clusterIP"] == "None"
+    assert svc["publishNotReadyAddresses"] is True
+    assert svc["selector"] == {
+        "forgeline.io/job": "base",
+        "forgeline.io/kind": "PretrainJob",
+        "forgeline.io/attempt": "1",
+    }
+    assert svc["ports"][0]["port"] == 29500
+
+
+@pytest.mark.parametrize("nodes", [1, 4, 64])
+def test_job_is_indexed_with_one_pod_per_node_and_no_retries(nodes: int) -> None:
+    spec = render(make(resources={"nodes": nodes}))["Job"]["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == nodes
+    assert spec["backoffLimit"] == 0
+    assert "suspend" not in spec
+
+
+def test_pod_failure_policy_fails_on_permanent_codes_and_ignores_disruptions() -> None:
+    rules = render()["Job"]["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3]},
+    }
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert pod_spec(render())["restartPolicy"] == "Never"
+
+
+def test_env_contract_for_a_4_node_8_gpu_job() -> None:
+    env = env_of(render(make(resources={"nodes": 4, "gpusPerNode": 8}), attempt=2))
+    assert env["PET_NNODES"] == "4"
+    assert env["PET_NPROC_PER_NODE"] == "8"
+    assert env["PET_NODE_RANK"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+    }
+    assert env["PET_MASTER_ADDR"] == "base-pretrain-a2-0.base-pretrain-a2"
+    assert env["PET_MASTER_PORT"] == "29500"
+    assert env["PET_RDZV_ID"] == f"{UID}-2"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+        assert name not in env  # node-level RANK/WORLD_SIZE confuse torch (kubeflow/trainer#1790)
+
+
+def test_rendezvous_id_changes_with_every_attempt() -> None:
+    ids = {env_of(render(attempt=n))["PET_RDZV_ID"] for n in (1, 2, 3)}
+    assert len(ids) == 3
+
+
+def test_procs_per_node_defaults_to_one_without_gpus() -> None:
+    assert env_of(render(make(resources={"gpusPerNode": 0})))["PET_NPROC_PER_NODE"] == "1"
+    assert env_of(render(make(resources={"gpusPerNode": 8, "procsPerNode": 2})))["PET_NPROC_PER_NODE"] == "2"
+
+
+def test_user_env_overrides_nccl_defaults_and_comes_after_them() -> None:
+    job = make(resources={"env": [{"name": "NCCL_DEBUG", "value": "INFO"}, {"name": "MY_FLAG", "value": "1"}]})
+    env = env_of(render(job))
+    assert env["NCCL_DEBUG"] == "INFO"
+    assert env["MY_FLAG"] == "1"
+    names = [e["name"] for e in pod_spec(render(job))["containers"][0]["env"]]
+    assert names.count("NCCL_DEBUG") == 1
+    for key, value in NCCL_DEFAULTS.items():
+        if key != "NCCL_DEBUG":
+            assert env[key] == value
+
+
+def test_contract_variables_come_last_so_nothing_can_shadow_them() -> None:
+    names = [e["name"] for e in pod_spec(render())["containers"][0]["env"]]
+    assert names[-1] == "FORGELINE_TERMINATION_MESSAGE_PATH"
+    names = names[:-1]
+    assert names[-6:] == [
+        "PET_NNODES",
+        "PET_NPROC_PER_NODE",
+        "PET_NODE_RANK",
+        "PET_MASTER_ADDR",
+        "PET_MASTER_PORT",
+        "PET_RDZV_ID",
+    ]
+    assert all(n in RESERVED_ENV for n in names[-6:])
+
+
+def test_storage_credentials_only_through_secret_key_refs() -> None:
+    job = make(storage={"credentialsSecret": "s3-creds", "endpoint": "http://s3.local:8333"})
+    env = env_of(render(job))
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key] == {"secretKeyRef": {"name": "s3-creds", "key": key}}
+    text = json.dumps(render(job))
+    assert "s3-creds" in text and '"value": "s3-creds"' not in text
+
+
+def test_no_credentials_without_a_secret() -> None:
+    assert "AWS_ACCESS_KEY_ID" not in env_of(render())
+
+
+def test_shm_is_a_memory_empty_dir_sized_from_the_spec() -> None:
+    objs = render(make(resources={"shmSize": "16Gi"}))
+    volumes = {v["name"]: v for v in pod_spec(objs)["volumes"]}
+    assert volumes["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}
+    mounts = {m["mountPath"]: m["name"] for m in pod_spec(objs)["containers"][0]["volumeMounts"]}
+    assert mounts["/dev/shm"] == "dshm"
+    assert mounts["/etc/forgeline"] == "config"
+    assert volumes["config"]["configMap"]["name"] == "base-pretrain-a1"
+
+
+@pytest.mark.parametrize(
+    ("resources", "limits", "tolerations"),
+    [
+        (
+            {"gpusPerNode": 8},
+            {"nvidia.com/gpu": "8"},
+            [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        ),
+        ({"gpusPerNode": 0}, None, None),
+        (
+            {"gpusPerNode": 1, "cpu": 4, "memory": "32Gi", "tolerations": [{"key": "spot", "operator": "Exists"}]},
+            {"nvidia.com/gpu": "1", "cpu": "4", "memory": "32Gi"},
+            [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "spot", "operator": "Exists"},
+            ],
+        ),
+    ],
+)
+def test_gpu_limits_and_tolerations(resources: dict[str, Any], limits: Any, tolerations: Any) -> None:
+    spec = pod_spec(render(make(resources=resources)))
+    assert spec["containers"][0]["resources"].get("limits") == limits
+    assert spec.get("tolerations") == tolerations
+
+
+def test_users_scheduling_fields_pass_through() -> None:
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    job = make(
+        resources={
+            "nodeSelector": {"pool": "h100"},
+            "affinity": affinity,
+            "priorityClassName": "training-high",
+            "schedulerName": "volcano",
+        }
+    )
+    spec = pod_spec(render(job))
+    assert spec["nodeSelector"] == {"pool": "h100"}
+    assert spec["affinity"] == affinity
+    assert spec["priorityClassName"] == "training-high"
+    assert spec["schedulerName"] == "volcano"
+
+
+def test_pods_get_no_api_token_and_a_restrictive_security_context() -> None:
+    spec = pod_spec(render())
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    ctx = spec["containers"][0]["securityContext"]
+    assert ctx == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def test_pods_are_addressable_under_the_headless_service() -> None:
+    spec = pod_spec(render())
+    assert spec["subdomain"] == "base-pretrain-a1"
+
+
+def test_termination_message_carries_the_result() -> None:
+    container = pod_spec(render())["containers"][0]
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_command_runs_the_stage_under_the_exit_code_preserving_launcher() -> None:
+    container = pod_spec(render(make("RewardModelJob")))["containers"][0]
+    assert container["command"] == ["python", "-m", "forgeline.jobs.launch"]
+    assert container["args"] == ["-m", "forgeline.jobs.reward", "--config", "/etc/forgeline/stage.json"]
+    assert container["image"] == "trainer:test"
+    assert pod_spec(render(make(resources={"image": "mine:1"})))["containers"][0]["image"] == "mine:1"
+
+
+def test_kueue_queue_label_passes_through_and_the_job_starts_suspended() -> None:
+    owner = Owner(UID, labels={KUEUE_QUEUE_LABEL: "gpu-queue", "team": "nlp"}, annotations={})
+    objs = render(owner=owner)
+    assert objs["Job"]["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "gpu-queue"
+    assert objs["Job"]["spec"]["template"]["metadata"]["labels"]["team"] == "nlp"
+    assert objs["Job"]["spec"]["suspend"] is True
+
+
+def test_private_metadata_stays_on_the_job_object() -> None:
+    owner = Owner(
+        UID,
+        labels={"forgeline.io/job": "spoofed", "app": "x"},
+        annotations={
+            "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            "operator.forgeline.io/last-handled-configuration": "{}",
+            "example.com/cost-centre": "42",
+        },
+    )
+    template = render(owner=owner)["Job"]["spec"]["template"]["metadata"]
+    assert template["labels"]["forgeline.io/job"] == "base"
+    assert template["labels"]["app"] == "x"
+    assert template["annotations"] == {"example.com/cost-centre": "42"}
+
+
+def test_render_is_pure_and_deterministic() -> None:
+    assert render() == render()
