@@ -75,6 +75,27 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pair(text: str, flag: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{flag} {text!r}: expected KEY=VALUE")
+    return key, value
+
+
+def _toleration(text: str) -> dict[str, str]:
+    """KEY[=VALUE][:EFFECT] -> a toleration (operator Exists without a value, Equal with one)."""
+    head, _, effect = text.partition(":")
+    key, sep, value = head.partition("=")
+    if not key or effect not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+        raise ValueError(f"--toleration {text!r}: expected KEY[=VALUE][:NoSchedule|PreferNoSchedule|NoExecute]")
+    toleration = {"key": key, "operator": "Equal" if sep else "Exists"}
+    if sep:
+        toleration["value"] = value
+    if effect:
+        toleration["effect"] = effect
+    return toleration
+
+
 def _operator(args: argparse.Namespace) -> int:
     import logging
 
@@ -87,9 +108,26 @@ def _operator(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = RenderSettings(
-        image=args.image, store=args.store, metrics_port=args.trainer_metrics_port, python=args.python
-    )
+    try:
+        settings = RenderSettings(
+            image=args.image,
+            store=args.store,
+            metrics_port=args.trainer_metrics_port,
+            python=args.python,
+            extra_env=dict(_pair(e, "--env") for e in args.env or ()),
+            storage_endpoint=args.storage_endpoint or None,
+            credentials_secret=args.credentials_secret or None,
+            node_selector=dict(_pair(e, "--node-selector") for e in args.node_selector or ()),
+            tolerations=tuple(_toleration(t) for t in args.toleration or ()),
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    check_uri = None
+    if args.check_uri_inputs:
+        from forgeline.operator.artifacts import StoreProbe
+
+        check_uri = StoreProbe(settings.storage_endpoint)
     metrics = OperatorMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port, addr=args.metrics_addr)
@@ -99,6 +137,7 @@ def _operator(args: argparse.Namespace) -> int:
         metrics=metrics,
         workers=args.workers,
         resync_seconds=args.resync_seconds,
+        check_uri=check_uri,
     )
     handlers.run(controller, namespaces=args.namespace or None, liveness=args.liveness or None)
     return 0
@@ -136,6 +175,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--image", default="ghcr.io/forgeline/trainer:0.1.0", help="trainer image (spec.resources.image wins)"
     )
     p.add_argument("--python", default="python", help="the interpreter in the trainer image")
+    p.add_argument(
+        "--storage-endpoint", default="", help="S3 endpoint URL for jobs without spec.storage.endpoint (e.g. MinIO)"
+    )
+    p.add_argument(
+        "--credentials-secret",
+        default="",
+        help="secret (in each job's namespace) with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for jobs without "
+        "spec.storage.credentialsSecret",
+    )
+    p.add_argument(
+        "--check-uri-inputs",
+        action="store_true",
+        help="read each direct uri input's _MANIFEST.json before creating pods (needs read access to the "
+        "store: AWS_* in the operator's env); off: the stage checks it and exits 3",
+    )
+    p.add_argument("--env", action="append", metavar="NAME=VALUE", help="extra trainer env (repeatable)")
+    p.add_argument(
+        "--node-selector", action="append", metavar="KEY=VALUE", help="trainer pod nodeSelector default (repeatable)"
+    )
+    p.add_argument(
+        "--toleration",
+        action="append",
+        metavar="KEY[=VALUE][:EFFECT]",
+        help="toleration added to every trainer pod (repeatable)",
+    )
     p.add_argument("--metrics-port", type=int, default=8080, help="the operator's /metrics (0: off)")
     p.add_argument("--metrics-addr", default="0.0.0.0")
     p.add_argument("--trainer-metrics-port", type=int, default=9400, help="rank 0's metrics port (0: off)")

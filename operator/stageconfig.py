@@ -95,10 +95,7 @@ def build_stage_config(
         reward = inputs["rewardModel"]
         rlhf = RlhfSettings(
             reward_model=ArtifactRef(reward.uri, reward.digest),
-            algorithm=settings.algorithm,
-            generations_per_prompt=settings.generations_per_prompt,
-            max_completion_length=settings.max_completion_length,
-            kl_beta=settings.kl_beta,
+            **settings.model_dump(exclude={"policy", "reward_model"}),
         )
     lora = None
     if isinstance(job, LoRAJob):
@@ -113,31 +110,18 @@ def build_stage_config(
         model=ArtifactRef(model.uri, model.digest) if model else None,
         model_config=model_config,
         tokenizer=tokenizer,
-        data=DataConfig(
-            uri=data.uri,
-            format=data.format,
-            text_field=data.text_field,
-            prompt_field=data.prompt_field,
-            chosen_field=data.chosen_field,
-            rejected_field=data.rejected_field,
-            completion_field=data.completion_field,
-            synthetic=synthetic,
-            eval_fraction=data.eval_fraction,
-        ),
+        # The API blocks and the contract's dataclasses share field names; only these differ.
+        data=DataConfig(**{**data.model_dump(exclude={"synthetic"}), "synthetic": synthetic}),
         training=TrainingConfig(
-            max_steps=training.max_steps,
-            # Neither set: one pass over the data, which is what a user who said nothing expects.
-            epochs=(training.epochs or 1) if training.max_steps is None else None,
-            batch_size=training.batch_size * training.gradient_accumulation * (world_size or default_world_size(job)),
-            learning_rate=training.learning_rate or DEFAULT_LEARNING_RATE[stage],
-            precision=training.precision,
-            checkpoint_interval=training.checkpoint_interval,
-            keep_checkpoints=training.keep_checkpoints,
-            seed=training.seed,
-            log_interval=training.log_interval,
-            strategy=training.strategy,
-            gradient_accumulation=training.gradient_accumulation,
-            warmup_steps=training.warmup_steps,
+            **{
+                **training.model_dump(),
+                # Neither set: one pass over the data, which is what a user who said nothing expects.
+                "epochs": (training.epochs or 1) if training.max_steps is None else None,
+                "batch_size": training.batch_size
+                * training.gradient_accumulation
+                * (world_size or default_world_size(job)),
+                "learning_rate": training.learning_rate or DEFAULT_LEARNING_RATE[stage],
+            }
         ),
         lora=lora,
         rlhf=rlhf,

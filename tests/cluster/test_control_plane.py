@@ -59,7 +59,9 @@ def test_pod_asking_for_more_gpus_than_a_node_has_stays_pending_with_failed_sche
 def test_indexed_job_of_four_gpu_pods_succeeds(cluster, core, ns):
     batch: Any = client.BatchV1Api(cluster.client)
     template = gpu_pod("unused", gpus=8)
-    template.pop("metadata")
+    # kwok would complete each pod at once and free its GPUs for the next; holding them for a few
+    # seconds makes the four run together, as a gang does, so each needs a node of its own.
+    template["metadata"] = {"annotations": {"testbed.forgeline.io/delay": "5s"}}
     job = {
         "metadata": {"name": "gang"},
         "spec": {
