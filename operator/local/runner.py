@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import uuid
@@ -142,6 +143,10 @@ def _failure_reason(tail: list[str], code: int) -> str:
     return f"exit {code}"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def load_pipeline(path: Path) -> tuple[list[Job], Chain]:
     """Parse and check a pipeline file; PipelineError lists every problem."""
     try:
@@ -179,6 +184,10 @@ def run_pipeline_file(path: Path, *, store: str | None, workdir: Path, max_procs
     )
     print(f"forgeline: {len(jobs)} stage(s) from {path}; store {store}; workdir {workdir}")
     started = time.monotonic()
+    # Ctrl-C and `kill` both stop the gang cleanly: a shell may have started us with SIGINT
+    # ignored (a background job), and SIGTERM would otherwise leave the stage processes behind.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         ok = pipeline.run()
     except KeyboardInterrupt:

@@ -4,7 +4,9 @@ It registers a Node (``process-0``; not annotated for kwok, so kwok leaves it al
 Lease fresh, watches the pods bound to it and, for each pod:
 
 * gives it a loopback address 127.0.0.N as ``status.podIP`` (processes should bind to it;
-  all pods share this machine's ports);
+  all pods share this machine's ports). torchrun's store binds every interface, so where a
+  real node's network namespace would keep two gangs' ``PET_MASTER_PORT=29500`` apart, this
+  node gives each gang (pods of one ``<namespace>/<subdomain>``) a free port of its own;
 * materialises its volumes and maps container paths to them (podspec.py explains how);
 * runs init containers in order, then every container, as ``command + args`` in a process group
   of its own, output appended to ``<pod dir>/logs/<container>.log``;
@@ -70,6 +72,7 @@ class ProcessNode:
         self.name, self.workdir = name, workdir
         self.cpu, self.memory, self.gpus, self.taint = cpu, memory, gpus, taint
         self.extra_env = dict(extra_env or {})
+        self._gang_ports: dict[tuple[str, str], str] = {}
         self._client_factory = api_client_factory
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._stop = threading.Event()
@@ -389,6 +392,12 @@ class ProcessNode:
         c.terminated = None if c.restart_count == 0 else c.terminated
         try:
             c.launch = prepare_container(pod, c.spec, run.dir, run.volumes, self._lookup, base)
+            subdomain = pod["spec"].get("subdomain")
+            if subdomain and "PET_MASTER_PORT" in c.launch.env:
+                gang = (pod["metadata"]["namespace"], subdomain)
+                if gang not in self._gang_ports:
+                    self._gang_ports[gang] = str(procs.free_port())
+                c.launch.env["PET_MASTER_PORT"] = self._gang_ports[gang]
         except Exception as e:  # a PodSpecError says why; anything else is a bug here, reported on the pod
             log.warning("%s/%s cannot start: %s", run.key, c.spec["name"], e, exc_info=not isinstance(e, PodSpecError))
             c.terminated = {
