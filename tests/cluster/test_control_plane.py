@@ -11,24 +11,11 @@ from testbed.kube import (
     ON_GPU_NODE,
     OUTCOME_LABEL,
     events_for,
-    new_namespace,
     pod_phase,
     wait_for,
 )
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def core(cluster):
-    return client.CoreV1Api(cluster.client)
-
-
-@pytest.fixture
-def ns(core):
-    name = new_namespace(core, "smoke")
-    yield name
-    core.delete_namespace(name)
 
 
 def gpu_pod(name: str, gpus: int, labels: dict | None = None, annotations: dict | None = None) -> dict:

@@ -6,22 +6,9 @@ import sys
 import textwrap
 
 import pytest
-from kubernetes import client
-from testbed.kube import ON_PROCESS_NODE, new_namespace, wait_for
+from testbed.kube import ON_PROCESS_NODE, wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def core(cluster):
-    return client.CoreV1Api(cluster.client)
-
-
-@pytest.fixture
-def ns(core):
-    name = new_namespace(core, "procnode")
-    yield name
-    core.delete_namespace(name)
 
 
 def finished(core, ns: str, name: str):
