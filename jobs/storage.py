@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +155,19 @@ def fetch(
             continue
         target = local_dir / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
+        # Several processes may fetch the same artifact into the same place (two nodes of a local
+        # run, ranks sharing a scratch volume): each downloads to a name of its own and renames
+        # into place, so no one ever reads a half-written file.
+        part = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.part")
         try:
-            storage.get_file(join(uri, entry.path), target)
+            storage.get_file(join(uri, entry.path), part)
+            if part.stat().st_size != entry.size or file_sha256(part) != entry.sha256:
+                raise InputError(uri, f"file {entry.path} does not match its manifest (size or sha256)")
+            os.replace(part, target)
         except FileNotFoundError:
             raise InputError(uri, f"file {entry.path} listed in the manifest is missing") from None
-        if target.stat().st_size != entry.size or file_sha256(target) != entry.sha256:
-            raise InputError(uri, f"file {entry.path} does not match its manifest (size or sha256)")
+        finally:
+            part.unlink(missing_ok=True)
     if only is None:
         marker.write_text(sha)
     return manifest, sha

@@ -82,6 +82,20 @@ def _pair(text: str, flag: str) -> tuple[str, str]:
     return key, value
 
 
+def _port_range(text: str, flag: str, *, allow_off: bool = False) -> tuple[int, int]:
+    """PORT or LOW-HIGH (or 0: off, where allowed)."""
+    low, _, high = text.partition("-")
+    try:
+        ports = (int(low), int(high or low))
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected PORT or LOW-HIGH") from None
+    if allow_off and ports == (0, 0):
+        return ports
+    if not 1024 <= ports[0] <= ports[1] <= 65535:
+        raise ValueError(f"{flag} {text!r}: expected 1024 <= LOW <= HIGH <= 65535")
+    return ports
+
+
 def _toleration(text: str) -> dict[str, str]:
     """KEY[=VALUE][:EFFECT] -> a toleration (operator Exists without a value, Equal with one)."""
     head, _, effect = text.partition(":")
@@ -109,16 +123,19 @@ def _operator(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        metrics_ports = _port_range(str(args.trainer_metrics_port), "--trainer-metrics-port", allow_off=True)
         settings = RenderSettings(
             image=args.image,
             store=args.store,
-            metrics_port=args.trainer_metrics_port,
+            metrics_port=metrics_ports[0],
+            metrics_port_high=metrics_ports[1],
             python=args.python,
-            extra_env=dict(_pair(e, "--env") for e in args.env or ()),
+            extra_env=dict(_pair(e, "--trainer-env") for e in args.trainer_env or ()),
             storage_endpoint=args.storage_endpoint or None,
-            credentials_secret=args.credentials_secret or None,
+            credentials_secret=args.storage_secret or None,
             node_selector=dict(_pair(e, "--node-selector") for e in args.node_selector or ()),
             tolerations=tuple(_toleration(t) for t in args.toleration or ()),
+            rendezvous_ports=_port_range(args.rendezvous_ports, "--rendezvous-ports"),
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -179,10 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage-endpoint", default="", help="S3 endpoint URL for jobs without spec.storage.endpoint (e.g. MinIO)"
     )
     p.add_argument(
-        "--credentials-secret",
+        "--storage-secret",
         default="",
         help="secret (in each job's namespace) with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for jobs without "
         "spec.storage.credentialsSecret",
+    )
+    p.add_argument(
+        "--rendezvous-ports",
+        default="29500",
+        metavar="PORT|LOW-HIGH",
+        help="rank 0's rendezvous port; a range spreads gangs that share a network namespace (hostNetwork)",
     )
     p.add_argument(
         "--check-uri-inputs",
@@ -190,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="read each direct uri input's _MANIFEST.json before creating pods (needs read access to the "
         "store: AWS_* in the operator's env); off: the stage checks it and exits 3",
     )
-    p.add_argument("--env", action="append", metavar="NAME=VALUE", help="extra trainer env (repeatable)")
+    p.add_argument(
+        "--trainer-env", action="append", metavar="NAME=VALUE", help="extra trainer env (repeatable; a job's own wins)"
+    )
     p.add_argument(
         "--node-selector", action="append", metavar="KEY=VALUE", help="trainer pod nodeSelector default (repeatable)"
     )
@@ -202,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--metrics-port", type=int, default=8080, help="the operator's /metrics (0: off)")
     p.add_argument("--metrics-addr", default="0.0.0.0")
-    p.add_argument("--trainer-metrics-port", type=int, default=9400, help="rank 0's metrics port (0: off)")
+    p.add_argument(
+        "--trainer-metrics-port",
+        default="9400",
+        metavar="PORT|LOW-HIGH",
+        help="rank 0's metrics port (0: off); a range spreads gangs that share a network namespace",
+    )
     p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf's liveness endpoint ('' off)")
     p.add_argument("--workers", type=int, default=4, help="jobs reconciled in parallel")
     p.add_argument("--resync-seconds", type=float, default=60.0, help="look at every job at least this often")

@@ -4,8 +4,9 @@ handlers.py (kopf) only reports what changed; this module decides which jobs to 
 
 * a job object changed: that job;
 * a batch Job or pod of ours changed: the job named by its labels;
-* an upstream finished or appeared: every job whose fromJob names it, at once, which keeps the
-  stage hand-off under a second instead of waiting for a resync;
+* an upstream appeared, went away, or changed state (or why it waits): every job whose fromJob
+  names it, at once, which keeps the stage hand-off under a second instead of waiting for a
+  resync, and lets a cycle be reported on every member as soon as it closes;
 * otherwise each job is looked at again after the delay its last pass asked for (a deadline, a
   TTL, the next progress scrape) or after the resync period, whichever comes first.
 
@@ -18,11 +19,13 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from forgeline.operator.api.kinds import KINDS
 from forgeline.operator.chain import references_of
 from forgeline.operator.metrics import OperatorMetrics
+from forgeline.operator.policies.inputs import UriCheck
 from forgeline.operator.reconcile import ClusterPort, Plan, Reconciler
 from forgeline.operator.render import LABEL_JOB, LABEL_KIND, RenderSettings
 from forgeline.operator.validate import InvalidManifest, parse_job
@@ -43,14 +46,16 @@ class Controller:
         metrics: OperatorMetrics | None = None,
         workers: int = 4,
         resync_seconds: float = 60.0,
+        check_uri: Callable[[str], UriCheck] | None = None,
     ) -> None:
         self.metrics = metrics
         self.resync_seconds = resync_seconds
-        self.reconciler = Reconciler(port, settings, on_plan=self._observe_plan)
+        self.reconciler = Reconciler(port, settings, on_plan=self._observe_plan, check_uri=check_uri)
         self.queue: WorkQueue[Key] = WorkQueue(self._work, workers=workers)
         self._lock = threading.Lock()
         self._dependents: dict[Key, set[Key]] = defaultdict(set)  # upstream -> downstream jobs
         self._upstreams: dict[Key, set[Key]] = {}  # downstream -> its upstreams
+        self._seen: dict[Key, tuple[Any, Any]] = {}  # job -> (state, InputsReady reason) last seen
 
     def start(self) -> None:
         self.queue.start()
@@ -71,10 +76,19 @@ class Controller:
         else:
             self._index(key, body)
             self.queue.add(key)
+        # Downstream jobs read their upstreams' state (and name it in their InputsReady message):
+        # look at them again whenever that changes, not on every progress write.
+        status: Obj = body.get("status") or {}
+        inputs: Obj = next((c for c in status.get("conditions") or [] if c.get("type") == "InputsReady"), {})
+        seen = (status.get("state"), inputs.get("reason"))
         with self._lock:
             dependents = list(self._dependents.get(key, ()))
-        state = (body.get("status") or {}).get("state")
-        if deleted or state in ("Succeeded", "Failed", None):
+            changed = deleted or seen[0] is None or self._seen.get(key) != seen
+            if deleted:
+                self._seen.pop(key, None)
+            else:
+                self._seen[key] = seen
+        if changed:
             for downstream in dependents:
                 self.queue.add(downstream)
 

@@ -24,11 +24,19 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from forgeline.operator.api.kinds import API_VERSION, Job
+from forgeline.operator.chain import JobKey, references_of
 from forgeline.operator.conditions import find_condition, is_true, set_condition
 from forgeline.operator.policies import pods as podinfo
 from forgeline.operator.policies.deadline import check_active_deadline
-from forgeline.operator.policies.inputs import frozen_inputs, resolve_inputs, upstream_keys
-from forgeline.operator.policies.output import output_from_pods
+from forgeline.operator.policies.inputs import (
+    URI_RECHECK_SECONDS,
+    UriCheck,
+    chain_problems,
+    frozen_inputs,
+    resolve_inputs,
+    upstream_keys,
+)
+from forgeline.operator.policies.output import final_progress, output_from_pods
 from forgeline.operator.policies.restart import classify_attempt, decide_restart, gang_broken
 from forgeline.operator.policies.startup import check_startup
 from forgeline.operator.policies.suspend import suspend_action
@@ -49,6 +57,7 @@ from forgeline.operator.validate import InvalidManifest, parse_job
 Obj = dict[str, Any]
 TERMINAL = ("Succeeded", "Failed")
 PROGRESS_INTERVAL = 15.0  # seconds between scrapes of rank 0's metrics endpoint
+MAX_CHAIN = 64  # upstream jobs walked for chain checks; pipelines are a handful deep
 
 
 class ClusterPort(Protocol):
@@ -77,6 +86,8 @@ class Observed:
     upstreams: dict[str, Obj | None]  # role -> upstream object (read only before the first attempt)
     now: datetime
     progress: Obj | None = None  # a fresh status.progress scraped from rank 0, if any
+    graph: list[Obj] = field(default_factory=list)  # every job upstream of this one (chain checks)
+    uri_checks: dict[str, UriCheck] = field(default_factory=dict)  # role -> what a direct uri holds
 
 
 @dataclass
@@ -90,7 +101,8 @@ class Plan:
     # For the operator's metrics (metrics.py), not for the cluster:
     restart_reason: str | None = None
     gang_started_after: float | None = None
-    handoff_seconds: float | None = None
+    handoff_from: datetime | None = None  # the last upstream's completion, when this pass starts a chained job
+    handoff_seconds: float | None = None  # from it to this pass's children applied (set by Reconciler)
 
     def requeue(self, seconds: float | None) -> None:
         if seconds is not None:
@@ -114,6 +126,7 @@ class _Pass:
         self.plan = Plan(status=self.status)
         self.now = rfc3339(observed.now)
         self.generation = self.meta.get("generation")
+        self.blocked: set[str] = set()  # child names held by a leftover of an earlier object
 
     @property
     def attempt(self) -> int:
@@ -140,6 +153,11 @@ class _Pass:
         self.plan.delete += [("batch/v1", "Job", name), ("v1", "Service", name), ("v1", "ConfigMap", name)]
 
     def apply_attempt(self, attempt: int) -> None:
+        if child_name(self.job, attempt) in self.blocked:
+            # A leftover Job of that name is being deleted (batch Job specs are immutable): apply
+            # once it is gone; its deletion event brings the next pass.
+            self.plan.requeue(1.0)
+            return
         inputs = frozen_inputs(self.status.get("inputs") or [])
         owner = Owner(
             uid=str(self.meta.get("uid", "")),
@@ -151,7 +169,10 @@ class _Pass:
     def finish(self, state: str, reason: str, message: str) -> None:
         """Succeeded or Failed: one-way; the other conditions settle."""
         self.status["state"] = state
-        self.status["completionTime"] = self.now
+        # Microseconds: downstream jobs measure their hand-off from this instant (metrics.py).
+        self.status["completionTime"] = (
+            self.obs.now.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        )
         self.condition(state, "True", reason, message)
         self.condition("Running", "False", reason, message, quiet=True)
         if find_condition(self.status["conditions"], "Restarting") is not None:
@@ -163,6 +184,15 @@ def _attempt_of(obj: Obj) -> int | None:
         return int(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT, ""))
     except ValueError:
         return None
+
+
+def _owned_by(obj: Obj, uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return not refs or not uid or any(r.get("uid") == uid for r in refs)
+
+
+def _controller_uid(pod: Obj) -> str | None:
+    return ((pod.get("metadata") or {}).get("labels") or {}).get("batch.kubernetes.io/controller-uid")
 
 
 def _replicas(pods: list[Obj]) -> Obj:
@@ -198,9 +228,19 @@ def decide(job: Job, observed: Observed, settings: RenderSettings) -> Plan:
     st.setdefault("evictions", 0)
 
     attempt = p.attempt
-    live_children = [c for c in observed.children if not podinfo.deleting(c)]
+    # Children of an earlier object of the same name (deleted and re-created before the garbage
+    # collector got to them) carry our labels but not our uid: never adopt them, delete them.
+    uid = str(p.meta.get("uid", ""))
+    foreign = [c for c in observed.children if not _owned_by(c, uid)]
+    foreign_uids = {str((c.get("metadata") or {}).get("uid", "")) for c in foreign}
+    for child in foreign:
+        if not podinfo.deleting(child):
+            p.plan.delete.append(("batch/v1", "Job", str(child["metadata"]["name"])))
+    p.blocked = {str(c["metadata"]["name"]) for c in foreign}
+    live_children = [c for c in observed.children if not podinfo.deleting(c) and c not in foreign]
     current = next((c for c in live_children if _attempt_of(c) == attempt), None)
-    attempt_pods = [pod for pod in observed.pods if _attempt_of(pod) == attempt]
+    pods = [pod for pod in observed.pods if _controller_uid(pod) not in foreign_uids]
+    attempt_pods = [pod for pod in pods if _attempt_of(pod) == attempt]
     for child in live_children:
         number = _attempt_of(child)
         if number is not None and number != attempt:
@@ -218,16 +258,20 @@ def decide(job: Job, observed: Observed, settings: RenderSettings) -> Plan:
 
     # -- inputs: wait for upstreams, then freeze what was consumed ------------------------------
     if attempt == 0:
-        verdict = resolve_inputs(job, observed.upstreams)
+        verdict = resolve_inputs(
+            job, observed.upstreams, chain=chain_problems(job, observed.graph), uri_checks=observed.uri_checks
+        )
         if not verdict.ready:
             st["state"] = "Waiting"
             p.condition("InputsReady", "False", verdict.reason, verdict.message)
+            if verdict.reason == "InputManifestMissing":
+                p.plan.requeue(URI_RECHECK_SECONDS)  # nothing watches a bucket: look again
             return p.plan
         p.condition("InputsReady", "True", verdict.reason, verdict.message)
         st["inputs"] = verdict.records
         finished = [t for t in map(parse_time, verdict.upstream_completed) if t is not None]
         if finished:
-            p.plan.handoff_seconds = max(0.0, (now - max(finished)).total_seconds())
+            p.plan.handoff_from = max(finished)
 
     # -- suspend / resume -----------------------------------------------------------------------
     action = suspend_action(policy.suspend, state == "Suspended", finished=False)
@@ -271,6 +315,8 @@ def decide(job: Job, observed: Observed, settings: RenderSettings) -> Plan:
     outcome = classify_attempt(current, attempt_pods, nodes)
     if outcome.state == "succeeded":
         st["output"] = output_from_pods(output_uri(settings.store, job), attempt_pods)
+        if done := final_progress(st["output"], p.now):
+            st["progress"] = done
         p.finish("Succeeded", "Completed", f"attempt {attempt} completed; output {st['output']['uri']}")
         p.plan.requeue(float(policy.ttl_seconds_after_finished) if policy.ttl_seconds_after_finished else None)
         return p.plan
@@ -342,8 +388,10 @@ class Reconciler:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_plan: Callable[[str, Obj, Plan], None] | None = None,
+        check_uri: Callable[[str], UriCheck] | None = None,
     ) -> None:
         self.port = port
+        self.check_uri = check_uri  # artifacts.StoreProbe when the operator may read the store
         self.settings = settings
         self.clock = clock
         self.on_plan = on_plan
@@ -365,22 +413,32 @@ class Reconciler:
         children: list[Obj] = []
         pods: list[Obj] = []
         upstreams: dict[str, Obj | None] = {}
+        graph: list[Obj] = []
+        uri_checks: dict[str, UriCheck] = {}
+        # Batch Jobs always: at attempt 0 too, where one may be left over from a deleted object
+        # of the same name (decide() deletes it before making its own).
+        children = self.port.list_children("Job", namespace, selector)
         if status.get("attempt"):
-            children = self.port.list_children("Job", namespace, selector)
             pods = self.port.list_children("Pod", namespace, selector)
         else:
-            # No attempt recorded means no child was ever made (status is written before any
-            # child is applied), so a new job skips two lists on its way to its first pods.
+            # No attempt recorded means no child of ours was ever made (status is written before
+            # any child is applied), so a new job skips listing pods on its way to its first ones.
             upstreams = {role: self.port.get(k.kind, namespace, k.name) for role, k in upstream_keys(job).items()}
+            graph = self._upstream_graph(JobKey(kind, name), namespace, [b for b in upstreams.values() if b])
+            if self.check_uri is not None:
+                uri_checks = {r.role: self.check_uri(r.uri) for r in references_of(job) if r.uri}
         now = self.clock()
         progress = self._progress((kind, namespace, name), status, pods, now)
-        plan = decide(job, Observed(body, children, pods, upstreams, now, progress), self.settings)
+        observed = Observed(body, children, pods, upstreams, now, progress, graph=graph, uri_checks=uri_checks)
+        plan = decide(job, observed, self.settings)
         if plan.status != status:
             self.port.patch_status(kind, namespace, name, plan.status, str(body["metadata"].get("resourceVersion", "")))
         for api_version, child_kind, child in plan.delete:
             self.port.delete(api_version, child_kind, namespace, child)
         for obj in plan.apply:
             self.port.apply(obj)
+        if plan.handoff_from is not None:  # measured once the downstream's Job exists
+            plan.handoff_seconds = max(0.0, (self.clock() - plan.handoff_from).total_seconds())
         for type_, reason, message in plan.events:
             self.port.event(body, type_, reason, message)
         if plan.delete_self:
@@ -389,6 +447,29 @@ class Reconciler:
         if self.on_plan is not None:
             self.on_plan(kind, status, plan)
         return plan.requeue_after
+
+    def _upstream_graph(self, own: JobKey, namespace: str, direct: list[Obj]) -> list[Obj]:
+        """Every job reachable upstream (bounded), so a cycle through this job can be named."""
+        graph: list[Obj] = []
+        seen = {own}
+        frontier = list(direct)
+        while frontier and len(graph) < MAX_CHAIN:
+            body = frontier.pop()
+            key = JobKey(str(body.get("kind")), str((body.get("metadata") or {}).get("name")))
+            if key in seen:
+                continue
+            seen.add(key)
+            graph.append(body)
+            try:
+                refs = references_of(parse_job(body))
+            except InvalidManifest:
+                continue
+            for ref in refs:
+                if ref.upstream is not None and ref.upstream not in seen:
+                    found = self.port.get(ref.upstream.kind, namespace, ref.upstream.name)
+                    if found is not None:
+                        frontier.append(found)
+        return graph
 
     def _progress(self, key: tuple[str, str, str], status: Obj, pods: list[Obj], now: datetime) -> Obj | None:
         """Scrape rank 0 at most every PROGRESS_INTERVAL seconds, only while Running."""
@@ -405,7 +486,10 @@ class Reconciler:
         self._scraped[key] = (time.monotonic(), previous)
         if not ip:
             return None
-        text = self.port.scrape(f"http://{ip}:{self.settings.metrics_port}/metrics")
+        # The port the attempt was rendered with (a range hashes it per attempt): the pod says.
+        ports = [p for c in (rank0 or {}).get("spec", {}).get("containers", []) for p in c.get("ports") or []]
+        port = next((p.get("containerPort") for p in ports if p.get("name") == "metrics"), self.settings.metrics_port)
+        text = self.port.scrape(f"http://{ip}:{port}/metrics")
         if text is None:
             return None
         progress, sample = parse_progress(text, now, previous)

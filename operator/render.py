@@ -18,6 +18,7 @@ what this returns.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,10 +66,23 @@ class RenderSettings:
 
     image: str = "ghcr.io/forgeline/trainer:0.1.0"
     store: str = "s3://forgeline"
-    metrics_port: int = 9400
+    metrics_port: int = 9400  # rank 0's metrics port (0: none) ...
+    metrics_port_high: int = 0  # ... or, above it, the top of a range (shared network namespaces)
     python: str = "python"
     service_account: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Storage defaults for jobs whose spec.storage leaves them out, so manifests need no storage
+    # fields on a cluster whose operator knows its store (`--storage-endpoint`, `--credentials-secret`).
+    storage_endpoint: str | None = None
+    credentials_secret: str | None = None
+    # Scheduling defaults (`--node-selector`, `--toleration`): a dedicated training node pool,
+    # merged under each job's own spec.resources (the job's nodeSelector keys win).
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[Obj, ...] = ()
+    # Rank 0's rendezvous port: one port (each pod has its own network namespace), or a range to
+    # spread over when gangs share a network namespace (hostNetwork pods for RDMA, the test
+    # process node): each attempt then takes a port from the range, hashed from uid + attempt.
+    rendezvous_ports: tuple[int, int] = (MASTER_PORT, MASTER_PORT)
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,25 @@ def rdzv_id(uid: str, attempt: int) -> str:
     return f"{uid}-{attempt}"
 
 
+def _port_in(low: int, high: int, seed: str) -> int:
+    """Deterministic, so every render of one attempt (a pass that died half-way and the next one)
+    and the operator's scrape of it agree."""
+    if high <= low:
+        return low
+    return low + int(hashlib.sha256(seed.encode()).hexdigest()[:8], 16) % (high - low + 1)
+
+
+def master_port(uid: str, attempt: int, settings: RenderSettings) -> int:
+    return _port_in(*settings.rendezvous_ports, rdzv_id(uid, attempt))
+
+
+def trainer_metrics_port(uid: str, attempt: int, settings: RenderSettings) -> int:
+    """Rank 0's metrics port for one attempt (0: no metrics endpoint)."""
+    if not settings.metrics_port:
+        return 0
+    return _port_in(settings.metrics_port, settings.metrics_port_high, f"{rdzv_id(uid, attempt)}-metrics")
+
+
 def owner_reference(job: Job, owner: Owner) -> Obj:
     return {
         "apiVersion": API_VERSION,
@@ -130,7 +163,8 @@ def render_config_map(
         attempt=attempt,
         output=output_uri(settings.store, job),
         inputs=inputs,
-        metrics_port=settings.metrics_port,
+        metrics_port=trainer_metrics_port(owner.uid, attempt, settings),
+        endpoint=job.spec.storage.endpoint or settings.storage_endpoint,
         # null: the pod's FORGELINE_TERMINATION_MESSAGE_PATH says where (see _env), so a node that
         # relocates the file (the test process node) relocates the variable with it.
         termination_message_path=None,
@@ -143,7 +177,8 @@ def render_config_map(
     }
 
 
-def render_service(job: Job, owner: Owner, attempt: int) -> Obj:
+def render_service(job: Job, owner: Owner, attempt: int, settings: RenderSettings) -> Obj:
+    port = master_port(owner.uid, attempt, settings)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -152,7 +187,7 @@ def render_service(job: Job, owner: Owner, attempt: int) -> Obj:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,  # rank 0 must resolve before it is Ready
             "selector": attempt_labels(job, attempt),
-            "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT, "protocol": "TCP"}],
+            "ports": [{"name": "rendezvous", "port": port, "targetPort": port, "protocol": "TCP"}],
         },
     }
 
@@ -170,7 +205,7 @@ def _env(job: Job, owner: Owner, attempt: int, settings: RenderSettings) -> list
         else:
             entry["value"] = var.value or ""
         env.append(entry)
-    secret = job.spec.storage.credentials_secret
+    secret = job.spec.storage.credentials_secret or settings.credentials_secret
     if secret:
         # Credentials only ever arrive by reference: the secret's values never pass through us.
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -185,7 +220,7 @@ def _env(job: Job, owner: Owner, attempt: int, settings: RenderSettings) -> list
             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{LABEL_RANK}']"}},
         },
         {"name": "PET_MASTER_ADDR", "value": f"{name}-0.{name}"},
-        {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
+        {"name": "PET_MASTER_PORT", "value": str(master_port(owner.uid, attempt, settings))},
         {"name": "PET_RDZV_ID", "value": rdzv_id(owner.uid, attempt)},
         # Where rank 0 leaves its result for the operator: the container's terminationMessagePath.
         {"name": "FORGELINE_TERMINATION_MESSAGE_PATH", "value": TERMINATION_PATH},
@@ -211,11 +246,11 @@ def _resources(job: Job) -> Obj:
     return out
 
 
-def _tolerations(job: Job) -> list[Obj]:
+def _tolerations(job: Job, settings: RenderSettings) -> list[Obj]:
     tolerations = [t.wire() for t in job.spec.resources.tolerations]
     if job.spec.resources.gpus_per_node:
         tolerations.insert(0, {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
-    return tolerations
+    return tolerations + [dict(t) for t in settings.tolerations if t not in tolerations]
 
 
 def render_pod_template(job: Job, owner: Owner, attempt: int, settings: RenderSettings) -> Obj:
@@ -228,7 +263,9 @@ def render_pod_template(job: Job, owner: Owner, attempt: int, settings: RenderSe
         # torchrun's own flags come from the PET_* variables; -m runs the stage as a module.
         "args": ["-m", f"forgeline.jobs.{job.stage}", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
         "env": _env(job, owner, attempt, settings),
-        "ports": [{"name": "rendezvous", "containerPort": MASTER_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "rendezvous", "containerPort": master_port(owner.uid, attempt, settings), "protocol": "TCP"}
+        ],
         "resources": _resources(job),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -245,8 +282,8 @@ def render_pod_template(job: Job, owner: Owner, attempt: int, settings: RenderSe
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    if settings.metrics_port:
-        container["ports"].append({"name": "metrics", "containerPort": settings.metrics_port, "protocol": "TCP"})
+    if metrics_port := trainer_metrics_port(owner.uid, attempt, settings):
+        container["ports"].append({"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"})
     spec: Obj = {
         "subdomain": name,  # pod hostname <name>-<index> (set by the Job controller) under this Service
         "restartPolicy": "Never",  # the gang restarts as a whole, never one pod in place
@@ -266,10 +303,10 @@ def render_pod_template(job: Job, owner: Owner, attempt: int, settings: RenderSe
             {"name": "tmp", "emptyDir": {}},
         ],
     }
-    if tolerations := _tolerations(job):
+    if tolerations := _tolerations(job, settings):
         spec["tolerations"] = tolerations
-    if res.node_selector:
-        spec["nodeSelector"] = dict(res.node_selector)
+    if node_selector := {**settings.node_selector, **(res.node_selector or {})}:
+        spec["nodeSelector"] = node_selector
     if res.affinity:
         spec["affinity"] = res.affinity
     if res.priority_class_name:
@@ -323,6 +360,6 @@ def render_attempt(
     """Every object of one attempt, in the order to apply them (the Job last: its pods need both)."""
     return [
         render_config_map(job, owner, attempt, inputs, settings),
-        render_service(job, owner, attempt),
+        render_service(job, owner, attempt, settings),
         render_job(job, owner, attempt, settings),
     ]

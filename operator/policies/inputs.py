@@ -7,6 +7,12 @@ says which of three things is true, because the user's next step differs:
 * UpstreamMissing: no such job in the namespace; create it or fix the reference;
 * UpstreamFailed: the upstream failed; fix and re-run it (this job picks it up when it succeeds).
 
+Two more say the chain itself is wrong, reported on every member so whichever job a user looks
+at names the fix: ChainCycle (the job's inputs lead back to itself) and KindMismatch (an upstream
+kind that cannot feed the role). And a direct `uri` input, when the operator can read the store
+(`--check-uri-inputs`, see artifacts.py), must have its manifest before any pod starts:
+InputManifestMissing otherwise, rechecked every URI_RECHECK_SECONDS, since nothing watches a bucket.
+
 The resolved inputs (URI and manifest digest) are frozen into status.inputs when the first attempt
 starts, so later attempts, and anyone reading the status, see exactly which artifact was consumed
 even if the upstream is re-run afterwards.
@@ -14,16 +20,39 @@ even if the upstream is re-run afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from forgeline.operator.api.kinds import Job
-from forgeline.operator.chain import ROLE_FIELDS, JobKey, references_of
+from forgeline.operator.chain import ROLE_FIELDS, ChainProblem, JobKey, references_of, resolve
 from forgeline.operator.stageconfig import ResolvedInput
+from forgeline.operator.validate import InvalidManifest, parse_job
 
 Obj = dict[str, Any]
 # Worst first: the reason reported when several inputs are not ready.
-_SEVERITY = ("UpstreamFailed", "UpstreamMissing", "WaitingForUpstream")
+_SEVERITY = (
+    "ChainCycle",
+    "KindMismatch",
+    "UpstreamFailed",
+    "UpstreamMissing",
+    "InputManifestMissing",
+    "WaitingForUpstream",
+)
+_CHAIN_REASONS = {"cycle": "ChainCycle", "self": "ChainCycle", "kind": "KindMismatch"}
+URI_RECHECK_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class UriCheck:
+    """What the operator found at a direct `uri` input: a manifest digest, or why not.
+
+    found None means the store could not be asked (no credentials, unreachable): not a reason
+    to hold the job, the stage checks again itself and exits 3 on a missing manifest."""
+
+    found: bool | None
+    digest: str | None = None
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -41,18 +70,46 @@ def upstream_keys(job: Job) -> dict[str, JobKey]:
     return {r.role: r.upstream for r in references_of(job) if r.upstream is not None}
 
 
-def resolve_inputs(job: Job, upstreams: dict[str, Obj | None]) -> InputsVerdict:
-    """`upstreams` maps each role of upstream_keys(job) to the upstream's body, or None if absent."""
+def chain_problems(job: Job, graph: list[Obj]) -> list[ChainProblem]:
+    """This job's own chain problems (cycles through it, kinds that cannot feed a role), given the
+    bodies of every job reachable upstream of it (`graph`, as the Reconciler walks it)."""
+    key = JobKey(job.kind, job.metadata.name)
+    jobs = [job]
+    for body in graph:
+        try:
+            other = parse_job({k: v for k, v in body.items() if k in ("apiVersion", "kind", "metadata", "spec")})
+        except InvalidManifest:
+            continue
+        if JobKey(other.kind, other.metadata.name) != key:
+            jobs.append(other)
+    return [p for p in resolve(jobs).problems if p.job == key and p.code in _CHAIN_REASONS]
+
+
+def resolve_inputs(
+    job: Job,
+    upstreams: dict[str, Obj | None],
+    *,
+    chain: Sequence[ChainProblem] = (),
+    uri_checks: dict[str, UriCheck] | None = None,
+) -> InputsVerdict:
+    """`upstreams` maps each role of upstream_keys(job) to the upstream's body, or None if absent;
+    `chain` are chain_problems(job, ...); `uri_checks` maps roles with a direct uri to what the
+    operator found there (absent: not checked)."""
     namespace = job.metadata.namespace or "default"
     resolved: dict[str, ResolvedInput] = {}
     records: list[Obj] = []
     completed: list[str] = []
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = [(_CHAIN_REASONS[p.code], f"{p.field}: {p.message}") for p in chain]
     for ref in references_of(job):
         if ref.upstream is None:
             assert ref.uri is not None
-            resolved[ref.role] = ResolvedInput(ref.uri, None)
-            records.append({"role": ref.role, "uri": ref.uri})
+            check = (uri_checks or {}).get(ref.role)
+            if check is not None and check.found is False:
+                problems.append(("InputManifestMissing", f"{ROLE_FIELDS[ref.role]}.uri: {ref.uri}: {check.message}"))
+                continue
+            digest = check.digest if check is not None and check.found else None
+            resolved[ref.role] = ResolvedInput(ref.uri, digest)
+            records.append({"role": ref.role, "uri": ref.uri, **({"digest": digest} if digest else {})})
             continue
         where = f"{ROLE_FIELDS[ref.role]}.fromJob"
         body = upstreams.get(ref.role)

@@ -34,3 +34,13 @@ def output_from_pods(default_uri: str, pods: list[Obj]) -> Obj:
         if metrics:
             out["metrics"] = dict(list(sorted(metrics.items()))[:MAX_METRICS])
     return out
+
+
+def final_progress(output: Obj, updated: str) -> Obj | None:
+    """status.progress once the stage succeeded: its final step count from the result metrics, so
+    `kubectl get` shows a finished stage as complete whether or not rank 0 was ever scraped."""
+    steps = (output.get("metrics") or {}).get("steps")
+    if not steps:
+        return None
+    total = int(steps)
+    return {"step": total, "total": total, "summary": f"{total}/{total} (100%)", "updated": updated}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,61 @@ def test_fetch_verifies_every_file_against_the_manifest(tmp_path: Path) -> None:
         st.fetch(st.Storage(), out.as_uri(), tmp_path / "copy2")
     with pytest.raises(InputError, match="digest"):
         st.read_manifest(st.Storage(), out.as_uri(), digest="sha256:" + "0" * 64)
+
+
+class InterleavingStorage(st.Storage):
+    """Forces the bad interleaving of two fetchers of one artifact into one place: the second
+    starts writing a file (half of it) just after the first wrote the same name, and finishes
+    only once the first has verified its copy (or after 5 s, when the first never gets there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_done = threading.Event()
+        self.second_started = threading.Event()
+        self.verifying = threading.Event()
+        self.callers = 0
+        self.lock = threading.Lock()
+
+    def get_file(self, uri: str, local: str | Path) -> None:
+        with self.lock:
+            self.callers += 1
+            first = self.callers == 1
+        if first:
+            super().get_file(uri, local)
+            self.first_done.set()
+            assert self.second_started.wait(10)
+            return
+        assert self.first_done.wait(10)
+        data = Path(uri.removeprefix("file://")).read_bytes()
+        with open(local, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            self.second_started.set()
+            self.verifying.wait(5)
+            fh.write(data[len(data) // 2 :])
+
+
+def test_concurrent_fetches_into_one_place_never_see_a_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes of a local run share a filesystem and fetch the same input at the same time."""
+    src, out = artifact_dir(tmp_path), tmp_path / "out"
+    (src / "sub" / "tokenizer.json").unlink()
+    (src / "config.json").unlink()
+    st.publish_dir(st.Storage(), src, out.as_uri(), manifest())  # one file: model.safetensors
+    storage, target = InterleavingStorage(), tmp_path / "shared"
+    real_sha256 = st.file_sha256
+
+    def sha256_signalling(path: str | Path) -> str:
+        storage.verifying.set()
+        return real_sha256(path)
+
+    monkeypatch.setattr(st, "file_sha256", sha256_signalling)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _: st.fetch(storage, out.as_uri(), target)[1], range(2)))
+    assert len(set(results)) == 1
+    assert (target / "model.safetensors").read_bytes() == b"w" * 10_000
+    assert not list(target.rglob("*.part")), "no temporary download is left behind"
 
 
 def test_rank_zero_metrics_endpoint_serves_training_metrics() -> None:

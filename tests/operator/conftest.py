@@ -60,6 +60,9 @@ class OperatorProcess:
             f"--resync-seconds={resync}",
             "--trainer-metrics-port=0",
             "--workers=4",
+            # Only the namespaces of these tests (the ns fixture's op-*): other suites in the same
+            # session (tests/e2e) run operators of their own against the same cluster.
+            "--namespace=op-*",
         ]
         env = {**self.cluster.env(), "PYTHONSAFEPATH": "1"}
         self.proc = procs.spawn(

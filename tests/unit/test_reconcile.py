@@ -568,8 +568,10 @@ def test_controller_starts_a_downstream_as_soon_as_its_upstream_succeeds() -> No
         }
         controller.job_changed(cluster.put(base))
         wait(lambda: (cluster.get("LoRAJob", "default", "tuned") or {}).get("status", {}).get("attempt") == 1)
-        assert controller.metrics is not None
-        assert controller.metrics.handoff.labels("LoRAJob")._sum.get() > 0  # type: ignore[attr-defined]
+        metrics = controller.metrics
+        assert metrics is not None
+        # Observed once the pass has applied the children, a moment after its status write.
+        wait(lambda: metrics.handoff.labels("LoRAJob")._sum.get() > 0)  # type: ignore[attr-defined]
     finally:
         controller.stop()
 
