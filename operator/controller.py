@@ -24,9 +24,10 @@ from typing import Any
 
 from forgeline.operator.api.kinds import KINDS
 from forgeline.operator.chain import references_of
+from forgeline.operator.decide import Plan
 from forgeline.operator.metrics import OperatorMetrics
 from forgeline.operator.policies.inputs import UriCheck
-from forgeline.operator.reconcile import ClusterPort, Plan, Reconciler
+from forgeline.operator.reconcile import ClusterPort, Reconciler
 from forgeline.operator.render import LABEL_JOB, LABEL_KIND, RenderSettings
 from forgeline.operator.validate import InvalidManifest, parse_job
 from forgeline.operator.workqueue import WorkQueue

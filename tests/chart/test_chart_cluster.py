@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,12 +26,12 @@ from chart.helmkit import CHART, FULL_VALUES, alert_groups, one, render
 from prometheus_client.parser import text_string_to_metric_families
 from testbed import procs
 from testbed.kube import EXIT_CODE_ANNOTATION, ON_PROCESS_NODE, OUTCOME_LABEL, new_namespace, wait_for
+from testbed.operator import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 RELEASE = "forgeline"
 NAMESPACE = "forgeline-system"
-FORGELINE = Path(sys.executable).with_name("forgeline")
 GROUP, VERSION = "forgeline.io", "v1alpha1"
 Obj = dict[str, Any]
 
@@ -213,13 +212,15 @@ def test_full_values_pass_server_side_validation(cluster: Any, installed: Instal
 # -- the operator with the chart's ServiceAccount ---------------------------------------------------
 @dataclass
 class ChartOperator:
-    proc: procs.Proc
+    process: OperatorProcess
     token: str
-    metrics_port: int
-    log_path: Path
+
+    @property
+    def metrics_port(self) -> int:
+        return self.process.metrics_port
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.process.logs()
 
 
 def service_account_client(cluster: Any, token: str) -> Any:
@@ -262,29 +263,16 @@ def chart_operator(
         )
     )
     kubeconfig.chmod(0o600)
-    metrics_port, liveness_port = procs.free_port(), procs.free_port()
     # The Deployment's own arguments; only the listen addresses change (all pods share this host).
     args = [a for a in container["args"] if not a.startswith(("--liveness=", "--metrics-port="))]
-    args += [
-        f"--liveness=http://127.0.0.1:{liveness_port}/healthz",
-        f"--metrics-port={metrics_port}",
-        "--metrics-addr=127.0.0.1",
-        "--resync-seconds=2",
-    ]
     assert container["command"] == ["forgeline", "operator"]
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONSAFEPATH": "1"}
-    log_path = workdir / "operator.log"
-    proc = procs.spawn("forgeline-operator-chart-sa", [str(FORGELINE), "operator", *args], log_path=log_path, env=env)
-
-    def live() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=2) as r:
-            return bool(r.status == 200)
-
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    process = OperatorProcess([*args, "--resync-seconds=2"], env, workdir, name="forgeline-operator-chart-sa")
     try:
-        procs.wait_until(live, timeout=60, what="the operator's liveness endpoint", proc=proc)
-        yield ChartOperator(proc, token, metrics_port, log_path)
+        process.start()
+        yield ChartOperator(process, token)
     finally:
-        proc.stop(grace=5)
+        process.stop()
 
 
 def can_i(api: Any, verb: str, resource: str, group: str = "", namespace: str | None = None) -> bool:

@@ -19,9 +19,7 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,8 @@ from typing import Any
 import psutil
 import pytest
 from kubernetes import client
-from testbed import procs
 from testbed.kube import apply_crds, new_namespace, wait_for
+from testbed.operator import FORGELINE, OperatorProcess
 from testbed.processnode import PROCESS_NODE_LABEL
 
 from forgeline.jobs import storage as st
@@ -38,7 +36,6 @@ from forgeline.jobs import storage as st
 pytestmark = [pytest.mark.cluster, pytest.mark.train, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
-FORGELINE = Path(sys.executable).with_name("forgeline")
 GROUP, VERSION = "forgeline.io", "v1alpha1"
 STAGES = {  # name -> (kind, plural, stage)
     "base": ("PretrainJob", "pretrainjobs", "pretrain"),
@@ -49,64 +46,24 @@ STAGES = {  # name -> (kind, plural, stage)
 SECRET = "forgeline-store"
 
 
-class Operator:
-    """`forgeline operator` as a subprocess configured like a cluster install; kill and restart."""
-
-    def __init__(self, cluster: Any, s3: Any, ns: str, workdir: Path) -> None:
-        self.cluster, self.s3, self.ns, self.workdir = cluster, s3, ns, workdir
-        self.proc: procs.Proc | None = None
-        self.metrics_port = 0
-        self.starts = 0
-
-    def start(self) -> None:
-        self.metrics_port, liveness = procs.free_port(), procs.free_port()
-        self.starts += 1
-        argv = [
-            str(FORGELINE), "operator", f"--namespace={self.ns}",
-            f"--store=s3://{self.s3.bucket}", f"--storage-endpoint={self.s3.endpoint}",
-            f"--storage-secret={SECRET}", f"--trainer-env=AWS_DEFAULT_REGION={self.s3.region}",
-            f"--node-selector={PROCESS_NODE_LABEL}=true", f"--toleration={PROCESS_NODE_LABEL}:NoSchedule",
-            # One network namespace for every pod here (as with hostNetwork): judge and tuned run
-            # at once, and their rank 0s cannot both serve metrics on one port. (The process node
-            # itself gives each gang its own rendezvous port.)
-            "--check-uri-inputs",
-            # A scratch dir per pod, as each pod's own /tmp on a real node: here every pod shares
-            # this machine's /tmp, and two "nodes" fetching one input into one dir would race.
-            # (The process node maps this path into the pod's /tmp emptyDir.)
-            "--trainer-env=FORGELINE_SCRATCH=/tmp/forgeline-pod-scratch",
-            f"--metrics-port={self.metrics_port}", "--metrics-addr=127.0.0.1",
-            f"--liveness=http://127.0.0.1:{liveness}/healthz",
-            "--trainer-metrics-port=30000-30999", "--resync-seconds=10", "--workers=4",
-        ]  # fmt: skip
-        # The operator reads direct-uri manifests itself (--check-uri-inputs): it gets the keys.
-        env = {**self.cluster.env(), **self.s3.env(), "PYTHONSAFEPATH": "1"}
-        self.proc = procs.spawn(
-            "forgeline-operator", argv, log_path=self.workdir / f"operator-{self.starts}.log", env=env
-        )
-
-        def live() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{liveness}/healthz", timeout=2) as r:
-                return bool(r.status == 200)
-
-        procs.wait_until(live, timeout=60, what="the operator's liveness endpoint", proc=self.proc)
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return str(r.read().decode())
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.signal_group(signal.SIGKILL)
-        self.proc.popen.wait(timeout=10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop(grace=5)
-            self.proc = None
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text()[-4000:] for p in sorted(self.workdir.glob("operator-*.log")))
+def pipeline_operator(cluster: Any, s3: Any, ns: str, workdir: Path) -> OperatorProcess:
+    """`forgeline operator` configured like a cluster install: S3 store and credentials by default."""
+    args = [
+        f"--namespace={ns}",
+        f"--store=s3://{s3.bucket}", f"--storage-endpoint={s3.endpoint}",
+        f"--storage-secret={SECRET}", f"--trainer-env=AWS_DEFAULT_REGION={s3.region}",
+        f"--node-selector={PROCESS_NODE_LABEL}=true", f"--toleration={PROCESS_NODE_LABEL}:NoSchedule",
+        "--check-uri-inputs",
+        # A scratch dir per pod, as each pod's own /tmp on a real node (the process node maps this
+        # path into the pod's /tmp emptyDir).
+        "--trainer-env=FORGELINE_SCRATCH=/tmp/forgeline-pod-scratch",
+        # One network namespace for every pod here (as with hostNetwork): judge and tuned run at
+        # once, and their rank 0s cannot both serve metrics on one port. (The process node itself
+        # gives each gang its own rendezvous port.)
+        "--trainer-metrics-port=30000-30999", "--resync-seconds=10", "--workers=4",
+    ]  # fmt: skip
+    # The operator reads direct-uri manifests itself (--check-uri-inputs): it gets the keys.
+    return OperatorProcess(args, {**cluster.env(), **s3.env()}, workdir)
 
 
 @pytest.fixture
@@ -132,8 +89,8 @@ def pipeline_ns(cluster: Any, s3: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def operator(cluster: Any, s3: Any, pipeline_ns: str, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(cluster, s3, pipeline_ns, tmp_path)
+def operator(cluster: Any, s3: Any, pipeline_ns: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    op = pipeline_operator(cluster, s3, pipeline_ns, tmp_path)
     op.start()
     try:
         yield op
@@ -174,7 +131,7 @@ def trainer_processes(ns: str, pod: str) -> list[psutil.Process]:
 
 
 def test_example_pipeline_through_the_operator_with_chaos(
-    cluster: Any, s3: Any, pipeline_ns: str, operator: Operator, monkeypatch: pytest.MonkeyPatch
+    cluster: Any, s3: Any, pipeline_ns: str, operator: OperatorProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ns = pipeline_ns
     started = time.monotonic()

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import copy
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
-from testbed import procs
 from testbed.kube import OUTCOME_LABEL, apply_crds, new_namespace, wait_for
+from testbed.operator import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 FORGELINE = Path(sys.executable).with_name("forgeline")
@@ -35,65 +34,21 @@ ON_KWOK_CPU = {
 }
 
 
-class OperatorProcess:
-    """`forgeline operator` in its own process group; start/kill/start again for restart tests."""
+class OperatorUnderTest(OperatorProcess):
+    """The session's operator: file:// store, kwok pods (no trainer metrics to scrape)."""
 
     def __init__(self, cluster: Any, workdir: Path) -> None:
-        self.cluster = cluster
-        self.workdir = workdir
         self.store = f"file://{workdir / 'store'}"
-        self.proc: procs.Proc | None = None
-        self.metrics_port = 0
-        self.liveness_port = 0
-        self.starts = 0
-
-    def start(self, resync: float = 5.0) -> None:
-        self.metrics_port, self.liveness_port = procs.free_port(), procs.free_port()
-        self.starts += 1
-        argv = [
-            str(FORGELINE),
-            "operator",
+        args = [
             f"--store={self.store}",
-            f"--metrics-port={self.metrics_port}",
-            "--metrics-addr=127.0.0.1",
-            f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
-            f"--resync-seconds={resync}",
+            "--resync-seconds=5",
             "--trainer-metrics-port=0",
             "--workers=4",
             # Only the namespaces of these tests (the ns fixture's op-*): other suites in the same
             # session (tests/e2e) run operators of their own against the same cluster.
             "--namespace=op-*",
         ]
-        env = {**self.cluster.env(), "PYTHONSAFEPATH": "1"}
-        self.proc = procs.spawn(
-            "forgeline-operator", argv, log_path=self.workdir / f"operator-{self.starts}.log", env=env
-        )
-        procs.wait_until(self.live, timeout=60, what="the operator's liveness endpoint", proc=self.proc)
-
-    def live(self) -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
-            return bool(r.status == 200)
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return str(r.read().decode())
-
-    def kill(self) -> None:
-        """SIGKILL, as a crashed or evicted operator pod: no clean-up code runs."""
-        if self.proc is not None:
-            import signal
-
-            self.proc.signal_group(signal.SIGKILL)
-            self.proc.popen.wait(timeout=10)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop(grace=5)
-            self.proc = None
-
-    def log(self) -> str:
-        return self.proc.tail(80) if self.proc is not None else ""
+        super().__init__(args, cluster.env(), workdir)
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +57,8 @@ def crds(cluster: Any) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Any, crds: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
+def operator(cluster: Any, crds: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorUnderTest]:
+    op = OperatorUnderTest(cluster, tmp_path_factory.mktemp("operator"))
     op.start()
     try:
         yield op

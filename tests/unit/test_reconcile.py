@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from forgeline.operator.api.kinds import JobStatus
+from forgeline.operator.decide import decide
 from forgeline.operator.progress import parse_progress
-from forgeline.operator.reconcile import Reconciler, decide
+from forgeline.operator.reconcile import Reconciler
 from forgeline.operator.render import RenderSettings
 
 Obj = dict[str, Any]
@@ -494,7 +495,7 @@ def test_decide_is_pure() -> None:
     h.run()
     body = h.cluster.get("PretrainJob", "default", "base")
     assert body is not None
-    from forgeline.operator.reconcile import Observed
+    from forgeline.operator.decide import Observed
     from forgeline.operator.validate import parse_job
 
     before = copy.deepcopy(body)

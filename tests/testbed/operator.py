@@ -1,0 +1,76 @@
+"""`forgeline operator` as a subprocess against the test control plane.
+
+The cluster tests, the end-to-end pipeline and the chart's RBAC tests all run the real operator
+this way, each with the flags of the set-up it stands for; this class owns the parts they share:
+free listen ports on 127.0.0.1 (every test process shares this machine's ports), a process group
+of its own, waiting for kopf's liveness endpoint, SIGKILL for crash tests, and the log.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from testbed import procs
+
+FORGELINE = Path(sys.executable).with_name("forgeline")
+
+
+class OperatorProcess:
+    """Start, kill (as a crashed pod: no clean-up runs), start again, stop."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str], workdir: Path, name: str = "forgeline-operator"):
+        self.args, self.env, self.workdir, self.name = list(args), env, workdir, name
+        self.proc: procs.Proc | None = None
+        self.metrics_port = 0
+        self.liveness_port = 0
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"operator-{self.starts}.log"
+
+    def start(self, extra_args: Sequence[str] = ()) -> None:
+        self.metrics_port, self.liveness_port = procs.free_port(), procs.free_port()
+        self.starts += 1
+        argv = [
+            str(FORGELINE),
+            "operator",
+            *self.args,
+            *extra_args,
+            f"--metrics-port={self.metrics_port}",
+            "--metrics-addr=127.0.0.1",
+            f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
+        ]
+        env = {**self.env, "PYTHONSAFEPATH": "1"}
+        self.proc = procs.spawn(self.name, argv, log_path=self.log_path, env=env)
+        procs.wait_until(self.live, timeout=60, what="the operator's liveness endpoint", proc=self.proc)
+
+    def live(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.signal_group(signal.SIGKILL)
+            self.proc.popen.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(grace=5)
+            self.proc = None
+
+    def log(self, lines: int = 80) -> str:
+        return self.proc.tail(lines) if self.proc is not None else ""
+
+    def logs(self) -> str:
+        """The tail of every start's log (restart tests start more than once)."""
+        return "\n".join(p.read_text()[-4000:] for p in sorted(self.workdir.glob("operator-*.log")))
