@@ -10,8 +10,9 @@ from typing import Any
 class ProgressLine:
     """On a terminal one line redrawn in place; elsewhere (CI, a pipe) one line per event."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, metric: str = "loss") -> None:
         self.label = label
+        self.metric = metric  # what the line shows: loss, or reward for RLHF (whose loss says little)
         self.tty = sys.stdout.isatty()
         self.first: tuple[float, int] | None = None
         self.drawn = False
@@ -23,15 +24,16 @@ class ProgressLine:
         elif kind == "resumed":
             self._say(f"{self.label}: resumed from checkpoint at step {event.get('step')}")
         elif kind == "checkpoint":
-            self._say(f"{self.label}: checkpoint at step {event.get('step')} ({event.get('seconds', 0):.1f}s)")
+            self._say(f"{self.label}: checkpoint at step {event.get('step')} ({event.get('seconds', 0):.2f}s)")
 
     def render(self, event: dict[str, Any], now: float) -> str:
         step, total = int(event.get("step", 0)), event.get("total")
         if self.first is None:
             self.first = (now, step)
         parts = [f"{self.label}", f"step {step}/{total}" if total else f"step {step}"]
-        if event.get("loss") is not None:
-            parts.append(f"loss {event['loss']:.4f}")
+        value = event.get(self.metric, (event.get("metrics") or {}).get(self.metric))
+        if isinstance(value, int | float):
+            parts.append(f"{self.metric} {value:.4f}")
         if event.get("tokens_per_s"):
             parts.append(f"{event['tokens_per_s']:,.0f} tok/s")
         t0, s0 = self.first

@@ -25,7 +25,7 @@ from forgeline.operator.api.kinds import Job
 from forgeline.operator.chain import Chain, JobKey, resolve
 from forgeline.operator.local.gang import Gang
 from forgeline.operator.local.progress import ProgressLine
-from forgeline.operator.local.report import StageRecord, curve_point, print_summary, write_report
+from forgeline.operator.local.report import CURVE_METRIC, StageRecord, curve_point, print_summary, write_report
 from forgeline.operator.manifests import ManifestSyntaxError, load_documents
 from forgeline.operator.stageconfig import ResolvedInput, build_stage_config, output_uri
 from forgeline.operator.validate import InvalidManifest, Problem, parse_job, subject_of
@@ -94,7 +94,7 @@ class LocalPipeline:
                 rdzv_id=f"{job.metadata.name}-{uuid.uuid4().hex[:8]}-{attempt}",
                 workdir=stage_dir / "run", log_prefix=stage_dir / f"attempt{attempt}",
             )  # fmt: skip
-            line = ProgressLine(str(key))
+            line = ProgressLine(str(key), CURVE_METRIC.get(job.stage, "loss"))
             result = gang.run(line.update)
             line.finish()
             record.curve.extend(p for e in result.events if (p := curve_point(job.stage, e)) is not None)
