@@ -140,6 +140,16 @@ def test_default_operator_flags_are_ones_the_operator_accepts(default: list[Obj]
     assert args.image == "ghcr.io/forgeline/trainer:0.1.0"
 
 
+def test_full_values_operator_flags_are_ones_the_operator_accepts(full: list[Obj]) -> None:
+    """Storage defaults and trainer env reach the operator as flags it knows."""
+    from forgeline.operator.cli import build_parser
+
+    argv = operator_container(full)["args"]
+    assert any(a.startswith("--storage-endpoint=") for a in argv) and any(a.startswith("--trainer-env=") for a in argv)
+    args = build_parser().parse_args(["operator", *argv])
+    assert args.storage_endpoint == "http://seaweedfs.storage.svc:8333"
+
+
 # -- values.schema.json ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("setting", "complaint"),
