@@ -26,7 +26,7 @@ from chart.helmkit import CHART, FULL_VALUES, alert_groups, one, render
 from prometheus_client.parser import text_string_to_metric_families
 from testbed import procs
 from testbed.kube import EXIT_CODE_ANNOTATION, ON_PROCESS_NODE, OUTCOME_LABEL, new_namespace, wait_for
-from testbed.operator import OperatorProcess
+from testbed.operator import OperatorProcess, pretrain_manifest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -323,21 +323,6 @@ def test_chart_service_account_is_refused_what_the_chart_does_not_grant(
     assert [g for g in granted if not can_i(api, *g)] == []
 
 
-def _pretrain(name: str, *, outcome: str | None, nodes: int = 1, **spec: Any) -> Obj:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "PretrainJob",
-        "metadata": {"name": name, "labels": {OUTCOME_LABEL: outcome} if outcome else {}},
-        "spec": {
-            "model": {"config": {"layers": 2, "hiddenSize": 64, "heads": 4, "vocabSize": 512, "contextLength": 64}},
-            "data": {"synthetic": {"examples": 200}},
-            "training": {"maxSteps": 10},
-            "resources": {"nodes": nodes, "gpusPerNode": 1},
-            **spec,
-        },
-    }
-
-
 @pytest.fixture
 def namespace(cluster: Any) -> Iterator[str]:
     from kubernetes import client
@@ -384,7 +369,9 @@ def test_chart_service_account_is_enough_for_a_whole_job_lifecycle(
 
     # A stage that succeeds, a downstream that names it (a hand-off) and deletes itself after its
     # TTL, and a gang that loses a pod, restarts as a whole and then succeeds.
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "pretrainjobs", _pretrain("base", outcome=None))
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "pretrainjobs", pretrain_manifest("base", outcome=None)
+    )
     lora = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "LoRAJob",
@@ -400,7 +387,7 @@ def test_chart_service_account_is_enough_for_a_whole_job_lifecycle(
     }
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "lorajobs", lora)
     custom.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "pretrainjobs", _pretrain("flaky", outcome="hang", nodes=2)
+        GROUP, VERSION, namespace, "pretrainjobs", pretrain_manifest("flaky", outcome="hang", nodes=2)
     )
 
     base = wait_state("pretrainjobs", "base", lambda s: s.get("state") == "Succeeded", "base Succeeded")
@@ -546,7 +533,7 @@ def test_prometheus_scrapes_the_operator_and_a_rank_zero_trainer(
         ],
         rule_files=[str(rules)],
     )
-    body = _pretrain("live", outcome=None)
+    body = pretrain_manifest("live", outcome=None)
     body["spec"]["resources"] = {"nodes": 2, "gpusPerNode": 0, "procsPerNode": 1, **ON_PROCESS_NODE}
     body["spec"]["data"] = {"synthetic": {"examples": 2000}}
     body["spec"]["training"] = {"maxSteps": 100000, "batchSize": 4}

@@ -8,7 +8,6 @@ test patches one pod to fail or be evicted.
 
 from __future__ import annotations
 
-import copy
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,8 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from testbed.kube import OUTCOME_LABEL, apply_crds, new_namespace, wait_for
-from testbed.operator import OperatorProcess
+from testbed.kube import apply_crds, new_namespace, wait_for
+from testbed.operator import OperatorProcess, pretrain_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 FORGELINE = Path(sys.executable).with_name("forgeline")
@@ -163,38 +162,13 @@ def jobs(
     return Jobs(custom, core, batch, ns)
 
 
-def pretrain(
-    name: str,
-    *,
-    outcome: str | None = "hang",
-    nodes: int = 1,
-    gpus: int = 1,
-    run_policy: dict[str, Any] | None = None,
-    **resources: Any,
-) -> dict[str, Any]:
-    """A small PretrainJob manifest; `outcome` picks what kwok does with its pods."""
-    body: dict[str, Any] = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "PretrainJob",
-        "metadata": {"name": name, "labels": {OUTCOME_LABEL: outcome} if outcome else {}},
-        "spec": {
-            "model": {"config": {"layers": 2, "hiddenSize": 64, "heads": 4, "vocabSize": 512, "contextLength": 64}},
-            "data": {"synthetic": {"examples": 200}},
-            "training": {"maxSteps": 10},
-            "resources": {"nodes": nodes, "gpusPerNode": gpus, **resources},
-            "runPolicy": run_policy or {},
-        },
-    }
-    return copy.deepcopy(body)
-
-
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
 
 
 @pytest.fixture
 def manifest() -> Any:
-    return pretrain
+    return pretrain_manifest
 
 
 @pytest.fixture

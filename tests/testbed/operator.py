@@ -1,4 +1,5 @@
-"""`forgeline operator` as a subprocess against the test control plane.
+"""`forgeline operator` as a subprocess against the test control plane, and the small job it is
+most often given.
 
 The cluster tests, the end-to-end pipeline and the chart's RBAC tests all run the real operator
 this way, each with the flags of the set-up it stands for; this class owns the parts they share:
@@ -13,8 +14,10 @@ import sys
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from testbed import procs
+from testbed.kube import OUTCOME_LABEL
 
 FORGELINE = Path(sys.executable).with_name("forgeline")
 
@@ -74,3 +77,27 @@ class OperatorProcess:
     def logs(self) -> str:
         """The tail of every start's log (restart tests start more than once)."""
         return "\n".join(p.read_text()[-4000:] for p in sorted(self.workdir.glob("operator-*.log")))
+
+
+def pretrain_manifest(
+    name: str,
+    *,
+    outcome: str | None = "hang",
+    nodes: int = 1,
+    gpus: int = 1,
+    run_policy: dict[str, Any] | None = None,
+    **resources: Any,
+) -> dict[str, Any]:
+    """A small PretrainJob manifest; `outcome` picks what kwok does with its pods."""
+    return {
+        "apiVersion": "forgeline.io/v1alpha1",
+        "kind": "PretrainJob",
+        "metadata": {"name": name, "labels": {OUTCOME_LABEL: outcome} if outcome else {}},
+        "spec": {
+            "model": {"config": {"layers": 2, "hiddenSize": 64, "heads": 4, "vocabSize": 512, "contextLength": 64}},
+            "data": {"synthetic": {"examples": 200}},
+            "training": {"maxSteps": 10},
+            "resources": {"nodes": nodes, "gpusPerNode": gpus, **resources},
+            "runPolicy": run_policy or {},
+        },
+    }
