@@ -32,7 +32,7 @@ testbins:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator jobs
+	$(VENV)/bin/mypy api operator local cli jobs
 	$(VENV)/bin/lint-imports
 
 crds: $(STAMP)

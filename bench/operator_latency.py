@@ -32,8 +32,8 @@ from testbed import procs  # noqa: E402
 from testbed.kube import OUTCOME_LABEL, apply_crds, new_namespace, wait_for  # noqa: E402
 from testbed.launcher import ClusterOptions, start_cluster  # noqa: E402
 
+from forgeline.api.validate import parse_job  # noqa: E402
 from forgeline.operator.render import Owner, RenderSettings, render_job  # noqa: E402
-from forgeline.operator.validate import parse_job  # noqa: E402
 
 PLACEMENT = {"nodeSelector": {"type": "kwok"}, "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}
 

@@ -13,9 +13,25 @@ configs, and a stage must be able to reject a bad config (exit 2) before paying 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+# The config schema is declared once, in the API package, beside the job models it is built from
+# (forgeline.api.stageconfig); this side parses and checks it.
+from forgeline.api.stageconfig import (
+    ArtifactRef,
+    DataConfig,
+    LoraSettings,
+    ModelConfig,
+    ObservabilityConfig,
+    RlhfSettings,
+    RunRef,
+    Stage,
+    StageConfig,
+    StorageConfig,
+    SyntheticData,
+    TokenizerConfig,
+    TrainingConfig,
+)
 from forgeline.jobs.errors import (
     EXIT_BAD_CONFIG,
     EXIT_MISSING_INPUT,
@@ -78,127 +94,6 @@ __all__ = [
     "validate",
     "write_termination_message",
 ]
-
-Stage = Literal["pretrain", "reward", "rlhf", "lora"]
-
-# ----------------------------------------------------------------------------- config schema
-
-
-@dataclass(frozen=True)
-class RunRef:
-    namespace: str = "default"
-    name: str = "run"
-    kind: str = ""
-    attempt: int = 1
-
-
-@dataclass(frozen=True)
-class ArtifactRef:
-    uri: str
-    digest: str | None = None
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    endpoint: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    family: Literal["llama"] = "llama"
-    layers: int = 2
-    hidden_size: int = 64
-    heads: int = 4
-    kv_heads: int | None = None
-    intermediate_size: int | None = None
-    vocab_size: int = 512
-    context_length: int = 64
-
-
-@dataclass(frozen=True)
-class TokenizerConfig:
-    uri: str | None = None
-    vocab_size: int = 512
-
-
-@dataclass(frozen=True)
-class SyntheticData:
-    kind: Literal["corpus", "preferences", "prompts", "sft"]
-    examples: int = 2000
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    uri: str | None = None
-    format: Literal["jsonl", "txt", "parquet"] = "jsonl"
-    text_field: str = "text"
-    prompt_field: str = "prompt"
-    chosen_field: str = "chosen"
-    rejected_field: str = "rejected"
-    completion_field: str = "completion"
-    synthetic: SyntheticData | None = None
-    eval_fraction: float = 0.1
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    max_steps: int | None = 200
-    epochs: float | None = None
-    batch_size: int = 16
-    learning_rate: float = 3e-3
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    checkpoint_interval: int = 50
-    keep_checkpoints: int = 2
-    seed: int = 0
-    log_interval: int = 10
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    gradient_accumulation: int = 1
-    warmup_steps: int = 0
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    merge: bool = True
-
-
-@dataclass(frozen=True)
-class RlhfSettings:
-    reward_model: ArtifactRef
-    algorithm: Literal["rloo", "grpo"] = "rloo"
-    generations_per_prompt: int = 4
-    max_completion_length: int = 16
-    kl_beta: float = 0.05
-
-
-@dataclass(frozen=True)
-class ObservabilityConfig:
-    metrics_port: int = 0
-    termination_message_path: str | None = None
-
-
-@dataclass(frozen=True)
-class StageConfig:
-    stage: Stage
-    output_uri: str
-    version: int = CONTRACT_VERSION
-    run: RunRef = field(default_factory=RunRef)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    model: ArtifactRef | None = None
-    model_config: ModelConfig | None = None
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    lora: LoraSettings | None = None
-    rlhf: RlhfSettings | None = None
-    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _positive(value: float | None, path: str, allow_zero: bool = False) -> None:

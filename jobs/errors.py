@@ -10,6 +10,9 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_BAD_CONFIG = 2
 EXIT_MISSING_INPUT = 3
+# The codes the operator and the local runner never retry, with the condition reason each maps to.
+PERMANENT_EXIT_REASONS = {EXIT_BAD_CONFIG: "InvalidConfig", EXIT_MISSING_INPUT: "MissingInput"}
+PERMANENT_EXIT_CODES = tuple(PERMANENT_EXIT_REASONS)
 
 
 class ContractError(Exception):

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from forgeline.api.stageconfig import CONTRACT_VERSION
 from forgeline.jobs.errors import InputError
 
-CONTRACT_VERSION = 1
 MANIFEST_NAME = "_MANIFEST.json"
 RESULT_MAX_BYTES = 4096
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"

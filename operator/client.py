@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from forgeline.operator.api.kinds import GROUP, KINDS, VERSION
+from forgeline.api.kinds import GROUP, KINDS, VERSION
 
 Obj = dict[str, Any]
 FIELD_MANAGER = "forgeline-operator"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from forgeline.operator.api.kinds import CONDITION_TYPES
+from forgeline.api.kinds import CONDITION_TYPES
 
 Condition = dict[str, Any]
 

@@ -22,14 +22,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from forgeline.operator.api.kinds import KINDS
-from forgeline.operator.chain import references_of
+from forgeline.api.chain import references_of
+from forgeline.api.kinds import KINDS
+from forgeline.api.validate import InvalidManifest, parse_job
 from forgeline.operator.decide import Plan
 from forgeline.operator.metrics import OperatorMetrics
 from forgeline.operator.policies.inputs import UriCheck
 from forgeline.operator.reconcile import ClusterPort, Reconciler
 from forgeline.operator.render import LABEL_JOB, LABEL_KIND, RenderSettings
-from forgeline.operator.validate import InvalidManifest, parse_job
 from forgeline.operator.workqueue import WorkQueue
 
 Key = tuple[str, str, str]  # (kind, namespace, name)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from forgeline.operator.api.kinds import Job
+from forgeline.api.kinds import Job
+from forgeline.api.stageconfig import output_uri
 from forgeline.operator.conditions import find_condition, is_true, set_condition
 from forgeline.operator.policies import pods as podinfo
 from forgeline.operator.policies.deadline import check_active_deadline
@@ -39,7 +40,6 @@ from forgeline.operator.render import (
     child_name,
     render_attempt,
 )
-from forgeline.operator.stageconfig import output_uri
 
 Obj = dict[str, Any]
 TERMINAL = ("Succeeded", "Failed")

@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from forgeline.operator.api.kinds import GROUP, KINDS, VERSION
+from forgeline.api.kinds import GROUP, KINDS, VERSION
 from forgeline.operator.controller import Controller
 from forgeline.operator.render import LABEL_JOB
 

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
-from forgeline.operator.api.kinds import API_VERSION
-from forgeline.operator.chain import JobKey, references_of
+from forgeline.api.chain import JobKey, references_of
+from forgeline.api.kinds import API_VERSION
+from forgeline.api.validate import InvalidManifest, parse_job
 from forgeline.operator.conditions import set_condition
 from forgeline.operator.decide import (
     PROGRESS_INTERVAL,
@@ -37,7 +38,6 @@ from forgeline.operator.render import (
     RenderSettings,
     job_labels,
 )
-from forgeline.operator.validate import InvalidManifest, parse_job
 
 MAX_CHAIN = 64  # upstream jobs walked for chain checks; pipelines are a handful deep
 

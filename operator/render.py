@@ -23,8 +23,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from forgeline.operator.api.kinds import API_VERSION, Job
-from forgeline.operator.stageconfig import ResolvedInput, build_stage_config, output_uri
+from forgeline.api.kinds import API_VERSION, Job
+from forgeline.api.stageconfig import ResolvedInput, build_stage_config, output_uri
+from forgeline.jobs.errors import PERMANENT_EXIT_CODES
 
 Obj = dict[str, Any]
 
@@ -41,7 +42,6 @@ CONFIG_DIR = "/etc/forgeline"
 CONFIG_FILE = "stage.json"
 TERMINATION_PATH = "/dev/termination-log"
 MASTER_PORT = 29500
-PERMANENT_EXIT_CODES = (2, 3)
 
 # Metadata of the job object that must not reach the pods: kubectl's bookkeeping, ours, kopf's.
 _PRIVATE_PREFIXES = ("kubectl.kubernetes.io/", "forgeline.io/", "operator.forgeline.io/", "kopf.zalando.org/")

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from forgeline.operator.api.kinds import Job
-from forgeline.operator.chain import ROLE_FIELDS, ChainProblem, JobKey, references_of, resolve
-from forgeline.operator.stageconfig import ResolvedInput
-from forgeline.operator.validate import InvalidManifest, parse_job
+from forgeline.api.chain import ROLE_FIELDS, ChainProblem, JobKey, references_of, resolve
+from forgeline.api.kinds import Job
+from forgeline.api.stageconfig import ResolvedInput
+from forgeline.api.validate import InvalidManifest, parse_job
 
 Obj = dict[str, Any]
 # Worst first: the reason reported when several inputs are not ready.

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from forgeline.jobs.errors import PERMANENT_EXIT_REASONS
 from forgeline.operator.policies.pods import (
     Obj,
     active,
@@ -33,7 +34,7 @@ from forgeline.operator.policies.pods import (
     terminated,
 )
 
-PERMANENT = {2: "InvalidConfig", 3: "MissingInput"}
+PERMANENT = PERMANENT_EXIT_REASONS
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from chart.make_dashboard import OUT as DASHBOARD
 from chart.make_dashboard import render as render_dashboard
 from chart.metric_names import exported_series, queried_metrics
 
-from forgeline.operator.api.crd import render_crds
-from forgeline.operator.api.kinds import GROUP, KINDS
+from forgeline.api.crd import render_crds
+from forgeline.api.kinds import GROUP, KINDS
 from forgeline.operator.render import LABEL_JOB, LABEL_KIND, LABEL_RANK
 
 Obj = dict[str, Any]
@@ -128,7 +128,7 @@ def test_full_values_render_every_optional_part(full: list[Obj]) -> None:
 
 
 def test_default_operator_flags_are_ones_the_operator_accepts(default: list[Obj]) -> None:
-    from forgeline.operator.cli import build_parser
+    from forgeline.cli.main import build_parser
 
     container = operator_container(default)
     assert container["command"] == ["forgeline", "operator"]
@@ -142,7 +142,7 @@ def test_default_operator_flags_are_ones_the_operator_accepts(default: list[Obj]
 
 def test_full_values_operator_flags_are_ones_the_operator_accepts(full: list[Obj]) -> None:
     """Storage defaults and trainer env reach the operator as flags it knows."""
-    from forgeline.operator.cli import build_parser
+    from forgeline.cli.main import build_parser
 
     argv = operator_container(full)["args"]
     assert any(a.startswith("--storage-endpoint=") for a in argv) and any(a.startswith("--trainer-env=") for a in argv)
@@ -199,7 +199,7 @@ def test_chart_crd_copies_are_byte_identical_to_the_generated_crds() -> None:
 
 
 def test_forgeline_crds_writes_and_checks_the_chart_copies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from forgeline.operator.cli import main
+    from forgeline.cli.main import main
 
     chart = tmp_path / "chart"
     chart.mkdir()
@@ -349,8 +349,8 @@ def test_podmonitor_scrapes_rank_zero_by_the_labels_and_port_the_operator_render
 
 
 def test_trainer_pods_expose_the_port_the_podmonitor_scrapes() -> None:
+    from forgeline.api.validate import parse_job
     from forgeline.operator.render import Owner, RenderSettings, render_pod_template
-    from forgeline.operator.validate import parse_job
 
     job = parse_job(minimal_job_body())
     template = render_pod_template(job, Owner(uid="u"), 1, RenderSettings(metrics_port=9400))

@@ -87,8 +87,8 @@ def test_operator_image_is_slim_python_without_torch_and_runs_forgeline_operator
     command = exec_form(last(dockerfile, "ENTRYPOINT")) + exec_form(last(dockerfile, "CMD"))
     assert command == ["forgeline", "operator"]
     script = PYPROJECT["project"]["scripts"]["forgeline"]
-    assert script == "forgeline.operator.cli:main"
-    from forgeline.operator.cli import build_parser
+    assert script == "forgeline.cli.main:main"
+    from forgeline.cli.main import build_parser
 
     assert build_parser().parse_args(["operator"]).func.__name__ == "_operator"
 
@@ -117,8 +117,8 @@ def test_trainer_image_is_cuda_pytorch_with_the_pinned_torch_and_runs_the_launch
 
 
 def test_trainer_image_user_matches_the_rendered_pod_security_context() -> None:
+    from forgeline.api.validate import parse_job
     from forgeline.operator.render import Owner, RenderSettings, render_pod_template
-    from forgeline.operator.validate import parse_job
 
     job = parse_job(minimal_job_body())
     pod = render_pod_template(job, Owner(uid="u"), 1, RenderSettings())["spec"]["securityContext"]

@@ -42,7 +42,7 @@ spec:
 def forgeline(*args: str, cwd: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "forgeline.operator.cli", *args],
+        [sys.executable, "-m", "forgeline.cli.main", *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

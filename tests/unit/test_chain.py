@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from forgeline.operator.api.kinds import Job
-from forgeline.operator.chain import JobKey, resolve
-from forgeline.operator.validate import parse_job
+from forgeline.api.chain import JobKey, resolve
+from forgeline.api.kinds import Job
+from forgeline.api.validate import parse_job
 
 
 def job(kind: str, name: str, **sources: Any) -> Job:

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from unit.test_reconcile import FakeCluster, Harness, pretrain
 
-from forgeline.operator.cli import _toleration
+from forgeline.api.validate import parse_job
+from forgeline.cli.main import _toleration
 from forgeline.operator.policies.inputs import UriCheck
 from forgeline.operator.policies.output import final_progress
 from forgeline.operator.reconcile import Reconciler
 from forgeline.operator.render import Owner as RenderOwner
 from forgeline.operator.render import RenderSettings, render_attempt
-from forgeline.operator.validate import parse_job
 
 Obj = dict[str, Any]
 DIGEST = "sha256:" + "b" * 64
@@ -203,7 +203,7 @@ def test_bad_toleration_flags_say_what_is_expected(flag: str) -> None:
 
 
 def test_a_rendezvous_port_range_spreads_attempts_and_every_render_agrees() -> None:
-    from forgeline.operator.cli import _port_range
+    from forgeline.cli.main import _port_range
     from forgeline.operator.render import master_port
 
     assert _port_range("29500", "-") == (29500, 29500) and _port_range("20000-29999", "-") == (20000, 29999)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from forgeline.operator.api.crd import CATEGORY, crd_for, render_crds
-from forgeline.operator.api.kinds import KINDS
+from forgeline.api.crd import CATEGORY, crd_for, render_crds
+from forgeline.api.kinds import KINDS
 
 CRD_DIR = Path(__file__).parents[2] / "crds"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forgeline.operator.cli import main
+from forgeline.cli.main import main
 
 CORPUS = sorted((Path(__file__).parents[1] / "invalid").glob("*.yaml"))
 
@@ -33,7 +33,7 @@ def test_invalid_manifest_is_rejected_with_its_message(manifest: Path, capsys: p
 def test_validate_command_prints_errors_not_tracebacks() -> None:
     """The real console entry point, once, on the whole corpus at once."""
     result = subprocess.run(
-        [sys.executable, "-m", "forgeline.operator.cli", "validate", *map(str, CORPUS)],
+        [sys.executable, "-m", "forgeline.cli.main", "validate", *map(str, CORPUS)],
         capture_output=True,
         text=True,
         check=False,

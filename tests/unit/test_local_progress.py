@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from forgeline.operator.local.progress import ProgressLine
-from forgeline.operator.local.report import StageRecord, curve_point
+from forgeline.local.progress import ProgressLine
+from forgeline.local.report import StageRecord, curve_point
 
 
 def test_progress_line_shows_step_loss_throughput_and_eta() -> None:

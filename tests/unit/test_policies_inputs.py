@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from forgeline.api.stageconfig import ResolvedInput
+from forgeline.api.validate import parse_job
 from forgeline.operator.policies.inputs import frozen_inputs, resolve_inputs, upstream_keys
-from forgeline.operator.stageconfig import ResolvedInput
-from forgeline.operator.validate import parse_job
 
 DIGEST = "sha256:" + "d" * 64
 

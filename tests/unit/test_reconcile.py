@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from forgeline.operator.api.kinds import JobStatus
+from forgeline.api.kinds import JobStatus
 from forgeline.operator.decide import decide
 from forgeline.operator.progress import parse_progress
 from forgeline.operator.reconcile import Reconciler
@@ -495,8 +495,8 @@ def test_decide_is_pure() -> None:
     h.run()
     body = h.cluster.get("PretrainJob", "default", "base")
     assert body is not None
+    from forgeline.api.validate import parse_job
     from forgeline.operator.decide import Observed
-    from forgeline.operator.validate import parse_job
 
     before = copy.deepcopy(body)
     plan1 = decide(parse_job(body), Observed(body, [], [], {}, T0), RenderSettings())

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+from forgeline.api.spec import RESERVED_ENV
+from forgeline.api.stageconfig import ResolvedInput
+from forgeline.api.validate import parse_job
 from forgeline.jobs.contract import parse_config
-from forgeline.operator.api.spec import RESERVED_ENV
 from forgeline.operator.render import (
     KUEUE_QUEUE_LABEL,
     NCCL_DEFAULTS,
@@ -17,8 +19,6 @@ from forgeline.operator.render import (
     child_name,
     render_attempt,
 )
-from forgeline.operator.stageconfig import ResolvedInput
-from forgeline.operator.validate import parse_job
 
 UID = "0b5e-uid"
 SETTINGS = RenderSettings(image="trainer:test", store="s3://store", metrics_port=9400)

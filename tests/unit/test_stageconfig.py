@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from forgeline.api.kinds import Job
+from forgeline.api.manifests import load_documents
+from forgeline.api.stageconfig import ResolvedInput, output_uri, stage_config_dict
+from forgeline.api.validate import parse_job
 from forgeline.jobs.contract import parse_config
-from forgeline.operator.api.kinds import Job
-from forgeline.operator.manifests import load_documents
-from forgeline.operator.stageconfig import ResolvedInput, output_uri, stage_config_dict
-from forgeline.operator.validate import parse_job
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "pipeline.yaml"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from forgeline.operator.manifests import load_documents
-from forgeline.operator.statusview import render_tree
+from forgeline.api.manifests import load_documents
+from forgeline.cli.status import render_tree
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "pipeline.yaml"
 

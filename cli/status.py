@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from forgeline.operator.chain import JobKey, references_of
-from forgeline.operator.validate import InvalidManifest, parse_job
+from forgeline.api.chain import JobKey, references_of
+from forgeline.api.validate import InvalidManifest, parse_job
 
 
 def _key(obj: dict[str, Any]) -> JobKey:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from forgeline.operator.api.kinds import Job, RLHFJob
+from forgeline.api.kinds import Job, RLHFJob
 
 # Which kinds may feed which input role of which kind.
 LANGUAGE_MODELS = ("PretrainJob", "LoRAJob", "RLHFJob")

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from forgeline.operator.api.fields import (
+from forgeline.api.fields import (
     ApiModel,
     Endpoint,
     EnvName,

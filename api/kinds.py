@@ -12,8 +12,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from forgeline.operator.api.fields import ApiModel, JobName, Label, Rule, Uri, snake_case
-from forgeline.operator.api.spec import (
+from forgeline.api.fields import ApiModel, JobName, Label, Rule, Uri, snake_case
+from forgeline.api.spec import (
     Data,
     LoRASettings,
     ModelInput,

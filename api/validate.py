@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from forgeline.operator.api.fields import DNS_LABEL, ENV_NAME, MAX_JOB_NAME, QUANTITY, URI
-from forgeline.operator.api.kinds import API_VERSION, KINDS, Job
-from forgeline.operator.chain import resolve
-from forgeline.operator.manifests import Document, ManifestSyntaxError
+from forgeline.api.chain import resolve
+from forgeline.api.fields import DNS_LABEL, ENV_NAME, MAX_JOB_NAME, QUANTITY, URI
+from forgeline.api.kinds import API_VERSION, KINDS, Job
+from forgeline.api.manifests import Document, ManifestSyntaxError
 
 _PATTERN_HINTS = {
     DNS_LABEL: "must be a DNS label: lowercase letters, digits and '-', starting with a letter "

@@ -19,18 +19,17 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from forgeline.api.chain import Chain, JobKey, resolve
+from forgeline.api.kinds import Job
+from forgeline.api.manifests import ManifestSyntaxError, load_documents
+from forgeline.api.stageconfig import ResolvedInput, build_stage_config, output_uri
+from forgeline.api.validate import InvalidManifest, Problem, parse_job, subject_of
 from forgeline.jobs.contract import ContractError, InputError
+from forgeline.jobs.errors import PERMANENT_EXIT_CODES
 from forgeline.jobs.storage import Storage, read_manifest
-from forgeline.operator.api.kinds import Job
-from forgeline.operator.chain import Chain, JobKey, resolve
-from forgeline.operator.local.gang import Gang
-from forgeline.operator.local.progress import ProgressLine
-from forgeline.operator.local.report import CURVE_METRIC, StageRecord, curve_point, print_summary, write_report
-from forgeline.operator.manifests import ManifestSyntaxError, load_documents
-from forgeline.operator.stageconfig import ResolvedInput, build_stage_config, output_uri
-from forgeline.operator.validate import InvalidManifest, Problem, parse_job, subject_of
-
-PERMANENT_EXIT_CODES = (2, 3)
+from forgeline.local.gang import Gang
+from forgeline.local.progress import ProgressLine
+from forgeline.local.report import CURVE_METRIC, StageRecord, curve_point, print_summary, write_report
 
 
 class PipelineError(Exception):

@@ -1,32 +1,145 @@
-"""A job (API model) plus its resolved inputs -> the stage config the training side reads.
+"""The stage config: its schema (the one declaration both sides share) and how a job builds it.
 
-Pure and shared: the operator puts the result in a ConfigMap, the local runner in a file. Both
-sides of the contract (forgeline.jobs.contract) validate it, so a mismatch fails loudly here in
-tests rather than in a pod.
+A job (API model) plus its resolved inputs -> the stage config the training side reads. Pure and
+shared: the operator puts the result in a ConfigMap, the local runner (and the torchx components)
+in a file. The training side (forgeline.jobs.contract) parses it strictly and checks it before
+paying for torch; tests/unit/test_contract_parity.py drives every boundary value the API accepts
+through both, so the two cannot drift.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
-from forgeline.jobs.contract import (
-    ArtifactRef,
-    DataConfig,
-    LoraSettings,
-    ModelConfig,
-    ObservabilityConfig,
-    RlhfSettings,
-    RunRef,
-    StageConfig,
-    StorageConfig,
-    SyntheticData,
-    TokenizerConfig,
-    TrainingConfig,
-)
-from forgeline.operator.api.kinds import Job, LoRAJob, PretrainJob, RLHFJob
+from forgeline.api.kinds import Job, LoRAJob, PretrainJob, RLHFJob
 
-SYNTHETIC_KIND = {"pretrain": "corpus", "reward": "preferences", "rlhf": "prompts", "lora": "sft"}
+CONTRACT_VERSION = 1
+
+Stage = Literal["pretrain", "reward", "rlhf", "lora"]
+SyntheticKind = Literal["corpus", "preferences", "prompts", "sft"]
+
+
+@dataclass(frozen=True)
+class RunRef:
+    namespace: str = "default"
+    name: str = "run"
+    kind: str = ""
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    uri: str
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: Literal["llama"] = "llama"
+    layers: int = 2
+    hidden_size: int = 64
+    heads: int = 4
+    kv_heads: int | None = None
+    intermediate_size: int | None = None
+    vocab_size: int = 512
+    context_length: int = 64
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    uri: str | None = None
+    vocab_size: int = 512
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    kind: SyntheticKind
+    examples: int = 2000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    uri: str | None = None
+    format: Literal["jsonl", "txt", "parquet"] = "jsonl"
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+    completion_field: str = "completion"
+    synthetic: SyntheticData | None = None
+    eval_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    max_steps: int | None = 200
+    epochs: float | None = None
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    checkpoint_interval: int = 50
+    keep_checkpoints: int = 2
+    seed: int = 0
+    log_interval: int = 10
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    gradient_accumulation: int = 1
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    merge: bool = True
+
+
+@dataclass(frozen=True)
+class RlhfSettings:
+    reward_model: ArtifactRef
+    algorithm: Literal["rloo", "grpo"] = "rloo"
+    generations_per_prompt: int = 4
+    max_completion_length: int = 16
+    kl_beta: float = 0.05
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    metrics_port: int = 0
+    termination_message_path: str | None = None
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    stage: Stage
+    output_uri: str
+    version: int = CONTRACT_VERSION
+    run: RunRef = field(default_factory=RunRef)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    model: ArtifactRef | None = None
+    model_config: ModelConfig | None = None
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    lora: LoraSettings | None = None
+    rlhf: RlhfSettings | None = None
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- building
+
+SYNTHETIC_KIND: dict[str, SyntheticKind] = {"pretrain": "corpus", "reward": "preferences", "rlhf": "prompts", "lora": "sft"}
 # Learning rates that suit each stage when the spec leaves it out; RL needs a far smaller step.
 DEFAULT_LEARNING_RATE = {"pretrain": 3e-3, "reward": 1e-3, "rlhf": 2e-4, "lora": 3e-3}
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from forgeline.jobs.errors import PERMANENT_EXIT_CODES
+
 TERM_GRACE_SECONDS = 10.0
 
 
@@ -112,7 +114,7 @@ class Gang:
             raise
         for reader in readers:
             reader.join(timeout=5)
-        permanent = [c for c in codes if c in (2, 3)]
+        permanent = [c for c in codes if c in PERMANENT_EXIT_CODES]
         result.exit_code = permanent[0] if permanent else next((c for c in codes if c), 0)
         return result
 

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 
 def _crds(args: argparse.Namespace) -> int:
-    from forgeline.operator.api.crd import render_crds, write_crds
+    from forgeline.api.crd import render_crds, write_crds
 
     directories = [Path(args.out)]
     chart_copy = Path(args.chart_out) if args.chart_out else None
@@ -34,8 +34,8 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from forgeline.operator.manifests import iter_documents
-    from forgeline.operator.validate import validate_documents
+    from forgeline.api.manifests import iter_documents
+    from forgeline.api.validate import validate_documents
 
     jobs, problems = validate_documents(iter_documents([Path(p) for p in args.files]))
     for problem in problems:
@@ -48,7 +48,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from forgeline.operator.local.runner import run_pipeline_file
+    from forgeline.local.runner import run_pipeline_file
 
     return run_pipeline_file(
         Path(args.pipeline), store=args.store, workdir=Path(args.workdir), max_procs=args.max_procs
@@ -58,8 +58,8 @@ def _run(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from kubernetes import client, config
 
-    from forgeline.operator.api.kinds import GROUP, KINDS, VERSION
-    from forgeline.operator.statusview import render_tree
+    from forgeline.api.kinds import GROUP, KINDS, VERSION
+    from forgeline.cli.status import render_tree
 
     try:
         config.load_kube_config(config_file=args.kubeconfig)
