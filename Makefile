@@ -11,7 +11,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GOTOOLCHAIN := local
 STAMP = $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: demo test lint unit install testbins dev-cluster crds clean
+.PHONY: demo test lint unit install testbins dev-cluster crds clean chaos bench-recovery
 
 $(STAMP): pyproject.toml
 	@echo "==> installing forgeline[dev] into $(VENV) (first time: about 3-6 minutes, torch is ~2.5 GB with its CUDA libraries)"
@@ -28,11 +28,12 @@ demo: $(STAMP)
 
 testbins:
 	tests/cluster/kube/build.sh
+	tests/cluster/kueue/build.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy api operator local cli jobs
+	$(VENV)/bin/mypy api operator local cli jobs components
 	$(VENV)/bin/lint-imports
 
 crds: $(STAMP)
@@ -42,7 +43,16 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
 
 test: $(STAMP) lint
-	FORGELINE_TESTBIN_DIR=$$(tests/cluster/kube/build.sh) $(VENV)/bin/pytest -q --durations=15 tests
+	FORGELINE_TESTBIN_DIR=$$(tests/cluster/kube/build.sh) FORGELINE_KUEUE_DIR=$$(tests/cluster/kueue/build.sh) \
+		$(VENV)/bin/pytest -q --durations=15 tests
+
+# The full fault campaign (the quick one is part of `make test`); FORGELINE_CHAOS_SEED=N replays one.
+chaos: $(STAMP)
+	FORGELINE_TESTBIN_DIR=$$(tests/cluster/kube/build.sh) FORGELINE_CHAOS_CAMPAIGN=full \
+		$(VENV)/bin/pytest -q -s tests/chaos/test_campaign.py
+
+bench-recovery: $(STAMP)
+	FORGELINE_TESTBIN_DIR=$$(tests/cluster/kube/build.sh) $(PY) bench/recovery.py
 
 dev-cluster: $(STAMP)
 	FORGELINE_TESTBIN_DIR=$$(tests/cluster/kube/build.sh) PYTHONPATH=tests $(PY) -m testbed.launcher

@@ -89,22 +89,29 @@ def crd_for(kind: str) -> dict[str, Any]:
     schema = _schema_of(cls)
     spec = schema["properties"]["spec"]
     _immutable(spec)
-    root_rules = [
-        {
-            "rule": f"self.metadata.name.matches('{DNS_LABEL}') && size(self.metadata.name) <= {MAX_JOB_NAME}",
-            "message": f"metadata.name must be a DNS label of at most {MAX_JOB_NAME} characters "
-            "(lowercase letters, digits and '-', starting with a letter): it names pods and a Service",
-        },
-        *schema.get("x-kubernetes-validations", []),
-    ]
+    root_rules = list(schema.get("x-kubernetes-validations", []))
     openapi = {
         "type": "object",
         "description": (cls.__doc__ or "").strip() or f"A forgeline {kind}.",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "maxLength": 64},
-            "kind": {"type": "string", "maxLength": 64},
-            "metadata": {"type": "object"},
+            "apiVersion": {"type": "string", "maxLength": 64, "description": f"{GROUP}/{VERSION}"},
+            "kind": {"type": "string", "maxLength": 64, "description": kind},
+            # The API server owns metadata's schema and allows only `name` (and generateName) under
+            # it. Declaring the name's bounds there (rather than as a root CEL rule) makes the server
+            # report the path metadata.name, as `forgeline validate` does.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "maxLength": MAX_JOB_NAME,
+                        "pattern": DNS_LABEL,
+                        "description": f"a DNS label (lowercase letters, digits and '-', starting with a letter) "
+                        f"of at most {MAX_JOB_NAME} characters: it names the job's pods and Service",
+                    }
+                },
+            },
             "spec": spec,
             "status": _schema_of(JobStatus),
         },

@@ -25,8 +25,14 @@ QUANTITY = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+# The same without a minus sign: what a pod's requests and limits accept (the API server refuses
+# negative resources on a Pod, so a negative one here would make a job that can never start).
+NON_NEGATIVE_QUANTITY = QUANTITY.replace(r"^(\+|-)?", r"^\+?", 1)
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
-URI = r"^(s3|file|gs|az|abfs|https?|synthetic)://\S+$"
+# The schemes the trainer can read and write (forgeline.jobs.storage): the API accepts exactly these,
+# so an input the pod cannot open is refused at admission, not after the gang is scheduled.
+URI_SCHEMES = ("s3", "file")
+URI = rf"^({'|'.join(URI_SCHEMES)})://\S+$"
 
 # Longest job name: `<name>-a<attempt>-<index>` must stay a DNS label (63) for pod hostnames.
 MAX_JOB_NAME = 40
@@ -36,7 +42,7 @@ def _int_to_str(value: Any) -> Any:
     """Quantities may be written as YAML numbers (`cpu: 4`); Kubernetes accepts int-or-string."""
     if isinstance(value, bool):
         return value
-    return str(value) if isinstance(value, int | float) else value
+    return str(value) if isinstance(value, int) else value  # int-or-string: a float is neither
 
 
 JobName = Annotated[str, Field(min_length=1, max_length=MAX_JOB_NAME, pattern=DNS_LABEL)]
@@ -55,6 +61,20 @@ Quantity = Annotated[
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "pattern": QUANTITY,  # pydantic leaves it out of the schema when the type is a union
+        },
+    ),
+]
+
+NonNegativeQuantity = Annotated[
+    str,
+    BeforeValidator(_int_to_str),
+    Field(
+        max_length=64,
+        pattern=NON_NEGATIVE_QUANTITY,
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": NON_NEGATIVE_QUANTITY,  # strings; a negative integer is refused by a CEL rule (Resources)
         },
     ),
 ]

@@ -1,13 +1,18 @@
 """Offline validation: every error a manifest has, each with its field path and what to do.
 
-The same models generate the CRDs, so what passes here passes the API server's schema and CEL
-rules (the cluster tests run the invalid corpus against both). Pydantic's messages are written
-for programmers; `explain` rewrites them for someone editing YAML.
+The same models generate the CRDs, and the body is judged as the API server judges it: camelCase
+field names only (the models' Python names are not on the wire), null fields dropped (the
+server prunes them), NaN and infinities refused (kubectl cannot send them).
+tests/cluster/test_validate_parity.py holds both to the same verdict and field path on every
+manifest of the invalid corpus. explain.py turns
+pydantic's errors into messages for someone editing YAML.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,27 +20,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from forgeline.api.chain import resolve
-from forgeline.api.fields import DNS_LABEL, ENV_NAME, MAX_JOB_NAME, QUANTITY, URI
+from forgeline.api.explain import (
+    FieldError,
+    Implicit,
+    describe_value,
+    explain,
+    field_path,
+    quote_hint,
+    show_invisible,
+)
+from forgeline.api.fields import MAX_JOB_NAME
 from forgeline.api.kinds import API_VERSION, KINDS, Job
 from forgeline.api.manifests import Document, ManifestSyntaxError
-
-_PATTERN_HINTS = {
-    DNS_LABEL: "must be a DNS label: lowercase letters, digits and '-', starting with a letter "
-    "and ending with a letter or digit",
-    QUANTITY: "must be a Kubernetes quantity such as 4, 500m, 16Gi",
-    URI: "must be a URI with a scheme: s3://bucket/prefix, file:///path, https://… or synthetic://",
-    ENV_NAME: "must be a valid environment variable name (letters, digits, '_', '-', '.'; not starting with a digit)",
-    r"^https?://\S+$": "must be an http:// or https:// URL",
-}
-
-
-@dataclass(frozen=True)
-class FieldError:
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+from forgeline.api.semantics import metadata_problems, semantic_problems
 
 
 @dataclass(frozen=True)
@@ -57,141 +54,129 @@ class InvalidManifest(Exception):
         self.errors = list(errors)
 
 
-def _path(loc: Iterable[Any]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _got(value: Any) -> str:
+def _without_nulls(value: Any) -> Any:
+    """The API server prunes null fields before it validates (a field left empty is a field unset)."""
     if isinstance(value, dict):
-        return "a mapping"
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+        return [_without_nulls(v) for v in value]
+    return value
 
 
-def _fields_of(model: Any, loc: tuple[Any, ...]) -> list[str]:
-    """The field names accepted at `loc` of a job model, for 'did you mean'."""
-    from pydantic import BaseModel
-
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
-        if field is None:
-            return []
-        current = field.annotation
-        for arg in getattr(current, "__args__", ()) or ():
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                current = arg
-                break
-        origin_args = getattr(current, "__args__", None)
-        if origin_args and getattr(current, "__origin__", None) is list:
-            current = origin_args[0]
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [f.alias or n for n, f in current.model_fields.items()]
-    return []
+def _non_finite(value: Any, loc: tuple[str | int, ...] = ()) -> Iterable[tuple[str | int, ...]]:
+    if isinstance(value, float) and not math.isfinite(value):
+        yield loc
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _non_finite(v, (*loc, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, (*loc, i))
 
 
-def explain(error: dict[str, Any], model: type[Any]) -> FieldError:
-    """One pydantic error -> a message a YAML author can act on."""
-    loc = tuple(error["loc"])
-    kind = error["type"]
-    ctx = error.get("ctx") or {}
-    value = error.get("input")
-    path = _path(loc)
-    if kind == "forgeline_rule":
-        field = ctx.get("field")
-        return FieldError(_path((*loc, *field.split("."))) if field else path, ctx["message"])
-    if kind == "missing":
-        return FieldError(path, "required field is missing; add it")
-    if kind == "extra_forbidden":
-        known = _fields_of(model, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        hint = f"did you mean {close[0]}?" if close else f"remove it (known fields: {', '.join(known)})"
-        return FieldError(path, f"unknown field; {hint}")
-    if kind == "string_pattern_mismatch":
-        hint = _PATTERN_HINTS.get(ctx.get("pattern", ""), f"must match {ctx.get('pattern')}")
-        return FieldError(path, f"{hint} (got {_got(value)})")
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        bound = next(iter(ctx.values()))
-        word = {
-            "greater_than_equal": "at least",
-            "greater_than": "greater than",
-            "less_than_equal": "at most",
-            "less_than": "less than",
-        }[kind]
-        return FieldError(path, f"must be {word} {bound} (got {_got(value)})")
-    if kind == "string_too_long":
-        return FieldError(path, f"is too long ({len(str(value))} characters; at most {ctx['max_length']})")
-    if kind == "string_too_short":
-        return FieldError(path, "must not be empty")
-    if kind == "too_long":
-        return FieldError(path, f"has too many entries ({ctx.get('actual_length')}; at most {ctx['max_length']})")
-    if kind == "too_short":
-        return FieldError(path, f"needs at least {ctx['min_length']} entr{'y' if ctx['min_length'] == 1 else 'ies'}")
-    if kind == "literal_error":
-        return FieldError(path, f"must be one of {ctx['expected']} (got {_got(value)})")
-    type_words = {
-        "int_type": "an integer",
-        "int_from_float": "an integer",
-        "float_type": "a number",
-        "bool_type": "true or false",
-        "string_type": "a string",
-        "model_type": "a mapping of fields",
-        "model_attributes_type": "a mapping of fields",
-        "dict_type": "a mapping",
-        "list_type": "a list",
-    }
-    if kind in type_words:
-        return FieldError(path, f"must be {type_words[kind]} (got {_got(value)})")
-    return FieldError(path, error["msg"])
+def _lookalike(body: dict[str, Any], name: str) -> str | None:
+    """A key that reads as `name` once invisible characters are gone (a zero-width space before `kind`)."""
+    for key in body:
+        if isinstance(key, str) and key != name and "".join(c for c in key if c.isascii() and c.isalnum()) == name:
+            return show_invisible(key)
+    return None
 
 
-def parse_job(body: Any) -> Job:
-    """A manifest body -> a job model, or InvalidManifest with every error found."""
-    if not isinstance(body, dict):
-        raise InvalidManifest(
-            [
-                FieldError(
-                    "",
-                    f"expected a mapping (a Kubernetes object with apiVersion, kind, metadata, spec), got {_got(body)}",
-                )
-            ]
-        )
+def _header_errors(body: dict[str, Any]) -> list[FieldError]:
     errors: list[FieldError] = []
     api_version, kind = body.get("apiVersion"), body.get("kind")
-    if api_version != API_VERSION:
-        got = "it is missing" if api_version is None else f"got {_got(api_version)}"
-        errors.append(FieldError("apiVersion", f"must be {API_VERSION} ({got})"))
-    if kind not in KINDS:
-        close = difflib.get_close_matches(str(kind), list(KINDS), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        got = "it is missing" if kind is None else f"got {_got(kind)}"
-        errors.append(FieldError("kind", f"{hint}must be one of {', '.join(KINDS)} ({got})"))
+    for name, value, expected in (("apiVersion", api_version, (API_VERSION,)), ("kind", kind, tuple(KINDS))):
+        if isinstance(value, str) and value in expected:
+            continue
+        if value is None:
+            twin = _lookalike(body, name)
+            got = f"it is missing; the key {twin} has invisible or non-ASCII characters" if twin else "it is missing"
+        else:
+            got = f"got {describe_value(value)}"
+        close = difflib.get_close_matches(str(value), list(expected), n=1) if isinstance(value, str) else []
+        hint = f"did you mean {close[0]}? " if close and name == "kind" else ""
+        wanted = expected[0] if len(expected) == 1 else f"one of {', '.join(expected)}"
+        errors.append(FieldError(name, f"{hint}must be {wanted} ({got})"))
+    return errors
+
+
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_RULE = "at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+
+
+def _label_problem(key: str, value: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if (
+        not _LABEL_NAME.match(name)
+        or len(name) > 63
+        or (prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix)))
+    ):
+        return f"the key {key!r} must be NAME or PREFIX/NAME (NAME: {_LABEL_RULE}; PREFIX: a DNS subdomain)"
+    if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
+        return f"the value of {key} ({describe_value(value)}) must be empty or {_LABEL_RULE}"
+    return None
+
+
+def _metadata_errors(metadata: Any, implicit: Implicit) -> list[FieldError]:
+    """labels and annotations, which the API server (not the CRD schema) checks."""
+    if not isinstance(metadata, dict):
+        return []
+    errors: list[FieldError] = []
+    for field in ("labels", "annotations"):
+        entries = metadata.get(field)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            message = f"must be a mapping of text to text (got {describe_value(entries)})"
+            errors.append(FieldError(f"metadata.{field}", message))
+            continue
+        for key, value in entries.items():
+            if not isinstance(value, str):
+                loc = ("metadata", field, key)
+                message = f"must be a string (got {describe_value(value)}){quote_hint(implicit.get(loc), value)}"
+                errors.append(FieldError(field_path(loc), message))
+            elif field == "labels" and (problem := _label_problem(str(key), value)):
+                errors.append(FieldError("metadata.labels", problem))
+    return errors
+
+
+def parse_job(body: Any, implicit: Implicit | None = None) -> Job:
+    """A manifest body -> a job model, or InvalidManifest with every error found.
+
+    `implicit` (from the loader) holds the source text of scalars YAML typed, for "quote it" hints."""
+    if not isinstance(body, dict):
+        shape = "a Kubernetes object with apiVersion, kind, metadata, spec"
+        raise InvalidManifest([FieldError("", f"expected a mapping ({shape}), got {describe_value(body)}")])
+    errors = _header_errors(body)
     if errors:
         raise InvalidManifest(errors)
-    model = KINDS[kind]
+    errors = _metadata_errors(body.get("metadata"), implicit or {})
+    model = KINDS[body["kind"]]
     try:
-        return model.model_validate(body)
+        body = _without_nulls(body)
+        not_numbers = list(_non_finite(body))
+    except RecursionError:  # only objects from elsewhere (the loader caps depth): say so, don't crash
+        raise InvalidManifest([FieldError("", "is nested too deeply to check")]) from None
+    for loc in not_numbers:
+        written = (implicit or {}).get(loc, "NaN or infinite")
+        message = f"is {written}, which JSON (and so kubectl) cannot carry; write a number"
+        errors.append(FieldError(field_path(loc), message))
+    try:
+        # By alias only: the Python (snake_case) names are not part of the API.
+        job = model.model_validate(body, by_alias=True, by_name=False)
     except ValidationError as exc:
-        raise InvalidManifest([explain(dict(e), model) for e in exc.errors()]) from None
+        errors += [explain(dict(e), model, implicit) for e in exc.errors() if tuple(e["loc"]) not in not_numbers]
+    if errors:
+        raise InvalidManifest(errors)
+    return job
 
 
 def subject_of(body: Any) -> str:
     if isinstance(body, dict):
         name = (body.get("metadata") or {}).get("name") if isinstance(body.get("metadata"), dict) else None
         if isinstance(body.get("kind"), str) and isinstance(name, str):
-            return f"{body['kind']}/{name}"
+            return f"{body['kind']}/{show_invisible(name)}"
     return ""
 
 
@@ -201,10 +186,10 @@ def validate_documents(items: Iterable[Document | ManifestSyntaxError]) -> tuple
     problems: list[Problem] = []
     for item in items:
         if isinstance(item, ManifestSyntaxError):
-            problems.append(Problem(str(item).split(":", 1)[0], "", FieldError("", str(item).split(": ", 1)[1])))
+            problems.append(Problem(item.source, "", FieldError(item.path, item.message)))
             continue
         try:
-            jobs.append((item, parse_job(item.body)))
+            jobs.append((item, parse_job(item.body, item.implicit)))
         except InvalidManifest as exc:
             problems.extend(Problem(item.source, subject_of(item.body), e) for e in exc.errors)
     by_key = {(j.metadata.namespace or "default", j.kind, j.metadata.name): d for d, j in jobs}
@@ -229,7 +214,24 @@ def validate_documents(items: Iterable[Document | ManifestSyntaxError]) -> tuple
         problems.append(
             Problem(doc.source if doc else "", str(problem.job), FieldError(problem.field, problem.message))
         )
+    problems += _semantic_problems(jobs)
     return [j for _, j in jobs], problems
+
+
+def _semantic_problems(jobs: Sequence[tuple[Document, Job]]) -> list[Problem]:
+    """The operator's preflight checks that need no cluster (api/semantics.py), over these files' jobs."""
+    named = {(j.metadata.namespace or "default", j.kind, j.metadata.name): j for _, j in jobs}
+    out = []
+    for doc, job in jobs:
+        ns = job.metadata.namespace or "default"
+        extra = job.metadata.model_extra or {}
+        labels, annotations = extra.get("labels"), extra.get("annotations")
+        found = semantic_problems(job, lambda k, ns=ns: named.get((ns, k.kind, k.name)))
+        found += metadata_problems(
+            labels if isinstance(labels, dict) else {}, annotations if isinstance(annotations, dict) else {}
+        )
+        out += [Problem(doc.source, f"{job.kind}/{job.metadata.name}", FieldError(f.field, f.message)) for f in found]
+    return out
 
 
 __all__ = ["MAX_JOB_NAME", "FieldError", "InvalidManifest", "Problem", "explain", "parse_job", "validate_documents"]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
+
+from forgeline.api.torchrun import DEFAULT_TRAINER_IMAGE
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -44,6 +46,52 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"{len(problems)} error(s) in {len(args.files)} file(s)", file=sys.stderr)
         return 1
     print(f"ok: {len(jobs)} job(s) valid")
+    return _validate_data(jobs) if args.data else 0
+
+
+def _validate_data(jobs: list[Any]) -> int:
+    """`validate --data`: the stage's data preflight on each job's local (file://) data, offline."""
+    from forgeline.api.kinds import RLHFJob
+    from forgeline.api.stageconfig import DataConfig
+    from forgeline.jobs.errors import ContractError
+    from forgeline.jobs.records import TRAINING_STAGES, preflight_data
+    from forgeline.jobs.storage import Storage
+
+    failed = 0
+    for job in jobs:
+        name, data = f"{job.kind}/{job.metadata.name}", getattr(job.spec, "data", None)
+        if data is None or job.stage not in TRAINING_STAGES:
+            print(f"{name}: data not checked (not a training stage)")
+            continue
+        if data.uri is None or not data.uri.startswith("file://"):
+            print(f"{name}: data not checked ({'synthetic' if data.uri is None else 'not a local file:// URI'})")
+            continue
+        algorithm = job.spec.rlhf.algorithm if isinstance(job, RLHFJob) else None
+        config = DataConfig(**{**data.model_dump(exclude={"synthetic"}), "synthetic": None})
+        try:
+            read = preflight_data(config, job.stage, algorithm, Storage())
+        except ContractError as exc:
+            print(f"error: {name}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{name}: data ok (first {read} record(s) of {data.uri} have what the {job.stage} stage reads)")
+    return 1 if failed else 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from forgeline.jobs.errors import ContractError
+    from forgeline.jobs.importer import as_uri, import_model
+    from forgeline.jobs.storage import Storage
+
+    src, dest = as_uri(args.src), as_uri(args.dest)
+    tokenizer = as_uri(args.tokenizer) if args.tokenizer else None
+    try:
+        done = import_model(Storage(args.storage_endpoint), src, dest, tokenizer)
+    except ContractError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"imported {done.files} file(s), {done.bytes} bytes, into {done.uri}")
+    print(f"digest sha256:{done.digest}")
     return 0
 
 
@@ -55,22 +103,56 @@ def _run(args: argparse.Namespace) -> int:
     )
 
 
+def _torchx(args: argparse.Namespace) -> int:
+    from forgeline.components.pipeline import run_torchx_pipeline, site_for
+
+    site, default_args = site_for(
+        args.scheduler,
+        workdir=Path(args.workdir),
+        store=args.store,
+        image=args.image,
+        python=args.python,
+        rdzv_port=args.rendezvous_port,
+        storage_endpoint=args.storage_endpoint,
+        credentials=args.storage_credentials,
+    )
+    return run_torchx_pipeline(
+        Path(args.pipeline),
+        scheduler=args.scheduler,
+        site=site,
+        scheduler_args=(default_args, args.scheduler_args),
+        dryrun=args.dryrun,
+    )
+
+
 def _status(args: argparse.Namespace) -> int:
     from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
     from forgeline.api.kinds import GROUP, KINDS, VERSION
     from forgeline.cli.status import render_tree
 
     try:
         config.load_kube_config(config_file=args.kubeconfig)
-    except config.ConfigException as exc:
+    except (config.ConfigException, OSError) as exc:
         print(f"error: cannot load a kubeconfig ({exc}); set KUBECONFIG or pass --kubeconfig", file=sys.stderr)
         return 1
     api = client.CustomObjectsApi()
-    objects: list[dict[str, Any]] = []
+    objects: list[Any] = []
     for cls in KINDS.values():
-        listing = cast(dict[str, Any], api.list_namespaced_custom_object(GROUP, VERSION, args.namespace, cls.plural))
-        objects.extend(listing.get("items", []))
+        try:
+            listing = api.list_namespaced_custom_object(GROUP, VERSION, args.namespace, cls.plural)
+        except ApiException as exc:
+            hint = "; are the forgeline CRDs installed?" if exc.status == 404 else ""
+            where = f"{cls.plural} in {args.namespace}"
+            print(f"error: cannot list {where}: {exc.status} {exc.reason}{hint}", file=sys.stderr)
+            return 1
+        except (HTTPError, OSError) as exc:
+            print(f"error: cannot reach the API server ({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 1
+        items = listing.get("items") if isinstance(listing, dict) else None
+        objects.extend(items if isinstance(items, list) else [])
     print(render_tree(objects))
     return 0
 
@@ -80,6 +162,17 @@ def _pair(text: str, flag: str) -> tuple[str, str]:
     if not sep or not key:
         raise ValueError(f"{flag} {text!r}: expected KEY=VALUE")
     return key, value
+
+
+def _uri_prefix(text: str) -> str:
+    """An --allowed-uri-prefix: a store location (scheme://...), matched as a whole path prefix."""
+    import re
+
+    from forgeline.api.fields import URI
+
+    if not re.match(URI, text) or ".." in text.split("/"):
+        raise ValueError(f"--allowed-uri-prefix {text!r}: expected a URI such as s3://bucket/shared/ (no '..')")
+    return text
 
 
 def _port_range(text: str, flag: str, *, allow_off: bool = False) -> tuple[int, int]:
@@ -111,11 +204,14 @@ def _toleration(text: str) -> dict[str, str]:
 
 
 def _operator(args: argparse.Namespace) -> int:
+    import dataclasses
     import logging
+    import os
 
     from forgeline.operator import handlers
     from forgeline.operator.client import KubeClient
     from forgeline.operator.controller import Controller
+    from forgeline.operator.leader import LeaderElector, LeaseSettings, default_identity
     from forgeline.operator.metrics import OperatorMetrics
     from forgeline.operator.render import RenderSettings
 
@@ -136,6 +232,19 @@ def _operator(args: argparse.Namespace) -> int:
             node_selector=dict(_pair(e, "--node-selector") for e in args.node_selector or ()),
             tolerations=tuple(_toleration(t) for t in args.toleration or ()),
             rendezvous_ports=_port_range(args.rendezvous_ports, "--rendezvous-ports"),
+            allowed_uri_prefixes=tuple(_uri_prefix(u) for u in args.allowed_uri_prefix or ()),
+        )
+        lease = (
+            LeaseSettings(
+                namespace=args.leader_election_namespace or os.environ.get("POD_NAMESPACE") or "default",
+                name=args.leader_election_id,
+                identity=default_identity(),
+                lease_duration=args.lease_duration,
+                renew_deadline=args.renew_deadline,
+                retry_period=args.retry_period,
+            )
+            if args.leader_elect
+            else None
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -146,16 +255,29 @@ def _operator(args: argparse.Namespace) -> int:
 
         check_uri = StoreProbe(settings.storage_endpoint)
     metrics = OperatorMetrics()
-    if args.metrics_port:
-        metrics.serve(args.metrics_port, addr=args.metrics_addr)
+    kube = KubeClient.from_environment()
+    # Gang placement where the cluster serves PodGroups; asked once, said once.
+    settings = dataclasses.replace(settings, gang_scheduling=kube.serves_pod_groups())
+    log = logging.getLogger("forgeline.operator")
+    if settings.gang_scheduling:
+        log.info("gang placement on: each attempt gets a scheduling.k8s.io/v1alpha2 PodGroup (minCount = nodes)")
+    else:
+        log.warning(
+            "gang placement off: the cluster does not serve scheduling.k8s.io/v1alpha2 PodGroups, "
+            "so the scheduler places each attempt's pods one by one (docs/operator.md, Gang placement)"
+        )
     controller = Controller(
-        KubeClient.from_environment(),
+        kube,
         settings,
         metrics=metrics,
         workers=args.workers,
         resync_seconds=args.resync_seconds,
         check_uri=check_uri,
+        # Lease requests time out within the renew deadline, as client-go's do.
+        elector=LeaderElector(KubeClient(kube.api, timeout=lease.renew_deadline), lease) if lease else None,
     )
+    if args.metrics_port:
+        metrics.serve(args.metrics_port, addr=args.metrics_addr, ready=controller.ready, leading=controller.leading)
     handlers.run(controller, namespaces=args.namespace or None, liveness=args.liveness or None)
     return 0
 
@@ -177,7 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check manifests offline; print every error with its field path")
     p.add_argument("files", nargs="+")
+    p.add_argument(
+        "--data", action="store_true", help="also read the first records of each job's file:// data and check the "
+        "fields its stage needs (the stage's own preflight)",
+    )  # fmt: skip
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser(
+        "import", help="copy a Hugging Face model directory into the store as a committed artifact; print its digest"
+    )
+    p.add_argument("src", help="the model directory: a path, file:// or s3:// URI (config.json, weights, tokenizer)")
+    p.add_argument("dest", help="where the artifact goes: a path, file:// or s3:// URI (use it as model.uri)")
+    p.add_argument("--tokenizer", default=None, help="a directory whose tokenizer files are added (and win)")
+    p.add_argument("--storage-endpoint", default=None, help="S3-compatible endpoint URL (default: AWS)")
+    p.set_defaults(func=_import)
 
     p = sub.add_parser("run", help="run a pipeline file locally, each stage under torchrun")
     p.add_argument("pipeline")
@@ -185,12 +320,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=".forgeline", help="logs, reports and the default store")
     p.add_argument("--max-procs", type=int, default=None, help="cap processes per stage (default: CPU cores)")
     p.set_defaults(func=_run)
+    p = sub.add_parser("torchx", help="run a pipeline file through a torchx scheduler (Slurm, Kubernetes, local)")
+    p.add_argument("pipeline")
+    p.add_argument("--scheduler", required=True, help="a torchx scheduler: slurm, kubernetes, local_cwd, ...")
+    p.add_argument("--dryrun", action="store_true", help="print what each stage would submit; submit nothing")
+    p.add_argument(
+        "--scheduler-args", default="", metavar="K=V,...", help="torchx scheduler options (`torchx runopts`)"
+    )
+    p.add_argument(
+        "--store", default=None, help="artifact store URI (default: s3://forgeline; local_cwd: file://<workdir>/store)"
+    )
+    p.add_argument("--workdir", default=".forgeline", help="local_cwd: the default store and the torchx logs")
+    p.add_argument("--image", default=DEFAULT_TRAINER_IMAGE, help="trainer image (resources.image wins)")
+    p.add_argument("--python", default=None, help="the nodes' interpreter (default: python; local_cwd: this one)")
+    p.add_argument("--rendezvous-port", type=int, default=None, help="node 0's port (default 29500; local_cwd: free)")
+    p.add_argument("--storage-endpoint", default=None, help="S3 endpoint for jobs without spec.storage.endpoint")
+    p.add_argument(
+        "--storage-credentials",
+        default=None,
+        metavar="SECRET|env",
+        help="for jobs without spec.storage.credentialsSecret: a Kubernetes secret with AWS_ACCESS_KEY_ID/"
+        "AWS_SECRET_ACCESS_KEY (referenced by name), or `env`: both must be set where the job is submitted",
+    )
+    p.set_defaults(func=_torchx)
     p = sub.add_parser("operator", help="run the operator (kopf) against the current kubeconfig or in-cluster")
     p.add_argument("--namespace", action="append", help="watch this namespace (repeatable; default: all)")
     p.add_argument("--store", default="s3://forgeline", help="artifact store for jobs without spec.storage.outputUri")
-    p.add_argument(
-        "--image", default="ghcr.io/forgeline/trainer:0.1.0", help="trainer image (spec.resources.image wins)"
-    )
+    p.add_argument("--image", default=DEFAULT_TRAINER_IMAGE, help="trainer image (spec.resources.image wins)")
     p.add_argument("--python", default="python", help="the interpreter in the trainer image")
     p.add_argument(
         "--storage-endpoint", default="", help="S3 endpoint URL for jobs without spec.storage.endpoint (e.g. MinIO)"
@@ -225,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY[=VALUE][:EFFECT]",
         help="toleration added to every trainer pod (repeatable)",
     )
+    p.add_argument(
+        "--allowed-uri-prefix",
+        action="append",
+        metavar="URI",
+        help="a store prefix every namespace's jobs may read and write besides <store>/<namespace>/ "
+        "(repeatable; e.g. s3://models/shared/); default none (docs/trust-model.md)",
+    )
     p.add_argument("--metrics-port", type=int, default=8080, help="the operator's /metrics (0: off)")
     p.add_argument("--metrics-addr", default="0.0.0.0")
     p.add_argument(
@@ -236,6 +399,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf's liveness endpoint ('' off)")
     p.add_argument("--workers", type=int, default=4, help="jobs reconciled in parallel")
     p.add_argument("--resync-seconds", type=float, default=60.0, help="look at every job at least this often")
+    p.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="reconcile only while holding a coordination.k8s.io Lease (run two or more replicas)",
+    )
+    p.add_argument(
+        "--leader-election-namespace", default="", help="the Lease's namespace (default: $POD_NAMESPACE, else default)"
+    )
+    p.add_argument("--leader-election-id", default="forgeline-operator", help="the Lease's name")
+    p.add_argument(
+        "--lease-duration", type=float, default=15.0, help="seconds a standby waits on an unrenewed lease (15)"
+    )
+    p.add_argument(
+        "--renew-deadline", type=float, default=10.0, help="seconds the leader may fail to renew before it stops (10)"
+    )
+    p.add_argument("--retry-period", type=float, default=2.0, help="seconds between lease reads and renewals (2)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_operator)
 

@@ -2,7 +2,9 @@
 
 Pure: objects in (the dicts the API server returns), text out. A stage hangs under its last
 input (an RLHFJob under its reward model, its policy named beside it), so the usual pipeline
-reads top to bottom as it runs.
+reads top to bottom as it runs. The objects are read defensively: an object written by an older
+operator, by hand or by another tool may hold anything, and it is shown as well as it can be,
+never with a traceback.
 """
 
 from __future__ import annotations
@@ -13,8 +15,19 @@ from forgeline.api.chain import JobKey, references_of
 from forgeline.api.validate import InvalidManifest, parse_job
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any, default: str = "") -> str:
+    """A field shown as text: strings as they are (one line, bounded), nothing else."""
+    if not isinstance(value, str) or not value:
+        return default
+    return " ".join(value.split())[:200]
+
+
 def _key(obj: dict[str, Any]) -> JobKey:
-    return JobKey(obj.get("kind", "?"), obj.get("metadata", {}).get("name", "?"))
+    return JobKey(_text(obj.get("kind"), "?"), _text(_mapping(obj.get("metadata")).get("name"), "?"))
 
 
 def _parents(obj: dict[str, Any]) -> list[JobKey]:
@@ -26,30 +39,37 @@ def _parents(obj: dict[str, Any]) -> list[JobKey]:
 
 
 def _columns(obj: dict[str, Any]) -> list[str]:
-    status = obj.get("status") or {}
-    state = status.get("state") or "Pending"
-    progress = (status.get("progress") or {}).get("summary") or "-"
-    output = status.get("output") or {}
-    where = output.get("uri", "")
-    digest = (output.get("digest") or "").removeprefix("sha256:")[:12]
+    status = _mapping(obj.get("status"))
+    state = _text(status.get("state"), "Pending")
+    progress = _text(_mapping(status.get("progress")).get("summary"), "-")
+    output = _mapping(status.get("output"))
+    where = _text(output.get("uri"))
+    digest = _text(output.get("digest")).removeprefix("sha256:")[:12]
     if digest:
         where += f" sha256:{digest}"
     if state not in ("Succeeded", "Running"):
+        conditions = status.get("conditions")
         cause = next(
-            (c for c in status.get("conditions", []) if c.get("status") == "False" or c.get("type") == "Failed"),
+            (
+                c
+                for c in (conditions if isinstance(conditions, list) else [])
+                if isinstance(c, dict) and (c.get("status") == "False" or c.get("type") == "Failed")
+            ),
             None,
         )
-        if cause and cause.get("reason"):
-            where = f"{cause['reason']}: {cause.get('message', '')}"[:100]
-    restarts = status.get("restarts") or 0
-    return [state + (f" ({restarts} restarts)" if restarts else ""), progress, where]
+        if cause and _text(cause.get("reason")):
+            where = f"{_text(cause.get('reason'))}: {_text(cause.get('message'))}"[:100]
+    restarts = status.get("restarts")
+    counted = isinstance(restarts, int) and not isinstance(restarts, bool) and restarts > 0
+    return [state + (f" ({restarts} restarts)" if counted else ""), progress, where]
 
 
-def render_tree(objects: list[dict[str, Any]]) -> str:
-    by_key = {_key(o): o for o in objects}
+def render_tree(objects: list[Any]) -> str:
+    by_key = {_key(o): o for o in objects if isinstance(o, dict)}
     parents = {k: _parents(o) for k, o in by_key.items()}
     children: dict[JobKey | None, list[JobKey]] = {}
-    for key in sorted(by_key, key=lambda k: by_key[k].get("metadata", {}).get("creationTimestamp", "") + str(k)):
+    created = {k: _text(_mapping(o.get("metadata")).get("creationTimestamp")) for k, o in by_key.items()}
+    for key in sorted(by_key, key=lambda k: created[k] + str(k)):
         known = [p for p in parents[key] if p in by_key]
         children.setdefault(known[-1] if known else None, []).append(key)
     rows: list[list[str]] = []

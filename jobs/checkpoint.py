@@ -22,6 +22,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from forgeline.jobs import storage as st
 from forgeline.jobs.contract import MANIFEST_NAME, FileEntry, InputError, Manifest
+from forgeline.jobs.manifest import config_fingerprint
 from forgeline.jobs.runtime import Runtime, rng_state, set_rng_state
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -33,18 +34,22 @@ class Checkpointer:
         self.rt = rt
         self.root = st.join(rt.cfg.output_uri, "checkpoints")
         self.keep = rt.cfg.training.keep_checkpoints
+        # A checkpoint of another config (a rerun after the spec changed) is never resumed.
+        self.fingerprint = config_fingerprint(rt.cfg.to_dict())
 
     def _steps(self) -> list[int]:
         found = (STEP_DIR.match(name) for name in self.rt.storage.list_dirs(self.root))
         return sorted((int(m.group(1)) for m in found if m), reverse=True)
 
     def latest(self) -> tuple[int, str] | None:
-        """The newest complete checkpoint (step, uri), skipping any without a manifest."""
+        """The newest complete checkpoint of this config (step, uri), skipping any without a manifest."""
         for step in self._steps():
             uri = st.join(self.root, f"step-{step}")
             try:
-                st.read_manifest(self.rt.storage, uri)
+                manifest, _ = st.read_manifest(self.rt.storage, uri)
             except InputError:
+                continue
+            if manifest.config.get("fingerprint") != self.fingerprint:
                 continue
             return step, uri
         return None
@@ -79,7 +84,7 @@ class Checkpointer:
                 stage=rt.cfg.stage,
                 run={"step": step},
                 files=files,
-                config={"output_uri": rt.cfg.output_uri},
+                config={"output_uri": rt.cfg.output_uri, "fingerprint": self.fingerprint},
                 inputs=rt.inputs,
             )
             st.commit(rt.storage, uri, manifest)

@@ -1,5 +1,6 @@
-"""Training data: a synthetic "sentiment language" with a hidden true reward, file loading, and a
-tokenizer trainer.
+"""Training data: a synthetic "sentiment language" with a hidden true reward, loading records
+(jsonl, txt, parquet, a `datasets` save_to_disk directory), and a tokenizer trainer. What each
+stage reads from a record, and the preflight that checks it, are in forgeline.jobs.records.
 
 Why synthetic: every stage must show a real, measurable effect on a 2-core CPU in seconds, and
 RLHF's gain must be checkable against ground truth, not only against the reward model it
@@ -21,7 +22,7 @@ import json
 import random
 from typing import Any
 
-from forgeline.jobs.contract import DataConfig, InputError
+from forgeline.jobs.contract import ConfigError, DataConfig, InputError
 
 POSITIVE = [
     "good",
@@ -173,42 +174,100 @@ def split(records: list[dict[str, Any]], data: DataConfig) -> tuple[list[dict[st
     return train, held
 
 
-def _parse(blob: bytes, fmt: str, data: DataConfig, uri: str) -> list[dict[str, Any]]:
+# File suffixes `format: auto` recognises, and the marker files of a `save_to_disk` directory.
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt", ".parquet": "parquet"}
+DATASETS_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def _parse(blob: bytes, fmt: str, data: DataConfig, uri: str, limit: int | None) -> list[dict[str, Any]]:
     if fmt == "jsonl":
-        try:
-            return [json.loads(line) for line in blob.decode().splitlines() if line.strip()]
-        except ValueError as exc:
-            raise InputError(uri, f"not valid JSON lines: {exc}") from None
+        records: list[dict[str, Any]] = []
+        for n, line in enumerate(blob.decode().splitlines(), 1):
+            if limit is not None and len(records) >= limit:
+                break
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError as exc:
+                    raise InputError(uri, f"line {n} is not valid JSON: {exc}") from None
+        return records
     if fmt == "txt":
-        return [{data.text_field: line} for line in blob.decode().splitlines() if line.strip()]
+        return [{data.text_field: line} for line in blob.decode().splitlines() if line.strip()][:limit]
     import pyarrow.parquet as pq
 
-    return list(pq.read_table(io.BytesIO(blob)).to_pylist())
+    table = pq.read_table(io.BytesIO(blob))
+    return list((table if limit is None else table.slice(0, limit)).to_pylist())
 
 
-def load_records(data: DataConfig, storage: Any) -> list[dict[str, Any]]:
-    """Records from `data.uri` (one file, or every `*.<format>` shard under a prefix) or synthetic."""
+def _is_datasets_dir(fs: Any, path: str) -> bool:
+    return bool(fs.isdir(path)) and any(fs.exists(f"{path.rstrip('/')}/{m}") for m in DATASETS_MARKERS)
+
+
+def resolve_format(data: DataConfig, fs: Any, path: str) -> str:
+    """`format: auto`: a save_to_disk directory, else the suffix of the file (or of the shards)."""
+    if data.format != "auto":
+        return data.format
+    if _is_datasets_dir(fs, path):
+        return "datasets"
+    names = [path] if fs.isfile(path) else list(fs.find(path))
+    found = {SUFFIX_FORMATS[s] for n in names for s in SUFFIX_FORMATS if n.endswith(s)}
+    if len(found) != 1:
+        what = f"several ({', '.join(sorted(found))})" if found else "none"
+        raise ConfigError(
+            "spec.data.format",
+            f"cannot tell the format of {data.uri}: record files found: {what}; set jsonl, txt, parquet or datasets",
+        )
+    return found.pop()
+
+
+def _load_datasets_dir(fs: Any, path: str, uri: str, limit: int | None) -> list[dict[str, Any]]:
+    """A `datasets` save_to_disk directory (a Dataset, or a DatasetDict: its train split)."""
+    import tempfile
+
+    from datasets import DatasetDict, load_from_disk
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = path
+        if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            local = f"{tmp}/data"
+            fs.get(path.rstrip("/") + "/", local, recursive=True)
+        try:
+            ds = load_from_disk(local)
+        except (FileNotFoundError, ValueError) as exc:
+            raise InputError(uri, f"not a datasets directory written by save_to_disk ({exc})") from None
+        if isinstance(ds, DatasetDict):
+            if "train" not in ds and len(ds) != 1:
+                raise InputError(uri, f"a DatasetDict with splits {sorted(ds)} and no 'train' split")
+            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        return list(ds.to_list())
+
+
+def load_records(data: DataConfig, storage: Any, limit: int | None = None) -> list[dict[str, Any]]:
+    """Records from `data.uri` (one file, every `*.<format>` shard under a prefix, or a `datasets`
+    directory) or synthetic; with `limit`, only the first records (the preflight)."""
     if data.synthetic is not None:
         s = data.synthetic
-        return synthetic_records(s.kind, s.examples, s.seed)
+        return synthetic_records(s.kind, s.examples if limit is None else min(limit, s.examples), s.seed)
     assert data.uri is not None
     fs, path = storage.fs(data.uri)
     if not fs.exists(path):
         raise InputError(data.uri, "data not found")
-    files = [path] if fs.isfile(path) else sorted(p for p in fs.find(path) if p.endswith("." + data.format))
+    fmt = resolve_format(data, fs, path)
+    if fmt == "datasets":
+        return _load_datasets_dir(fs, path, data.uri, limit)
+    suffixes = tuple(s for s, f in SUFFIX_FORMATS.items() if f == fmt) if data.format == "auto" else ("." + fmt,)
+    files = [path] if fs.isfile(path) else sorted(p for p in fs.find(path) if p.endswith(suffixes))
     if not files:
-        raise InputError(data.uri, f"no *.{data.format} shards under this prefix")
+        raise InputError(data.uri, f"no *.{fmt} shards under this prefix")
     records: list[dict[str, Any]] = []
     for f in files:
-        records.extend(_parse(fs.cat_file(f), data.format, data, data.uri))
+        if limit is not None and len(records) >= limit:
+            break
+        left = None if limit is None else limit - len(records)
+        records.extend(_parse(fs.cat_file(f), fmt, data, data.uri, left))
     return records
-
-
-def require_fields(records: list[dict[str, Any]], fields: list[str], uri: str) -> None:
-    for i, rec in enumerate(records[:100]):
-        for name in fields:
-            if not isinstance(rec.get(name), str):
-                raise InputError(uri, f"record {i} lacks a string field {name!r}")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:

@@ -98,7 +98,7 @@ class CheckpointMirror(TrainerCallback):
                     stage=rt.cfg.stage,
                     run={"step": step},
                     files=files,
-                    config={"output_uri": rt.cfg.output_uri},
+                    config={"output_uri": rt.cfg.output_uri, "fingerprint": self.ckpt.fingerprint},
                     inputs=rt.inputs,
                 ),
             )

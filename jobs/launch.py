@@ -7,7 +7,9 @@ in-process (same flags, same PET_* environment variables) and exits with the cod
 failed worker when that code is a permanent one.
 
 It also checks the config before importing torch or starting any worker: a malformed config then
-fails in well under a second instead of after every rank has loaded torch.
+fails in well under a second instead of after every rank has loaded torch. The same goes for the
+data: the first records are read and checked for the fields the stage needs (records.preflight),
+so a wrong field name exits 2 with the termination message written, before any worker races it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from forgeline.jobs.contract import (
     EXIT_BAD_CONFIG,
     EXIT_MISSING_INPUT,
     ConfigError,
+    ContractError,
     error_summary,
     load_config,
     peek_termination_path,
@@ -55,7 +58,13 @@ def precheck(argv: list[str]) -> int | None:
         module = _option(argv, "-m") or ""
         if module.startswith(STAGE_MODULE) and module[len(STAGE_MODULE) :] != cfg.stage:
             raise ConfigError("stage", f"is {cfg.stage!r} but the command runs {module}")
-    except ConfigError as exc:
+        if cfg.data.uri is not None:
+            from forgeline.jobs.records import preflight_data
+            from forgeline.jobs.storage import Storage
+
+            algorithm = cfg.rlhf.algorithm if cfg.rlhf is not None else None
+            preflight_data(cfg.data, cfg.stage, algorithm, Storage(cfg.storage.endpoint))
+    except ContractError as exc:
         print(f"forgeline: not starting workers (exit {exc.exit_code}): {exc}", file=sys.stderr, flush=True)
         write_termination_message(error_summary(exc, exc.exit_code), peek_termination_path(config))
         return exc.exit_code

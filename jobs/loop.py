@@ -72,16 +72,92 @@ def total_steps(rt: Runtime, n_examples: int) -> int:
     return min(steps)
 
 
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to 10 % of the peak rate."""
+# Where cosine decays to, as a share of the peak rate (transformers' cosine_with_min_lr min_lr_rate).
+MIN_LR_RATE = 0.1
+# training.lr_scheduler as transformers' Trainer names it (the RLHF and DPO stages), the same curves as lr_lambda.
+HF_SCHEDULERS: dict[str, tuple[str, dict[str, float]]] = {
+    "cosine": ("cosine_with_min_lr", {"min_lr_rate": MIN_LR_RATE}),
+    "linear": ("linear", {}),
+    "constant": ("constant_with_warmup", {}),
+}
+
+
+def lr_lambda(warmup: int, total: int, kind: str = "cosine") -> Callable[[int], float]:
+    """The multiplier of the peak rate at a step: linear warm-up over `warmup` steps, then `kind`:
+    cosine decay to MIN_LR_RATE at the last step, linear decay to 0, or constant."""
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if kind == "constant":
+            return 1.0
+        if kind == "linear":
+            return 1.0 - progress
+        return MIN_LR_RATE + (1 - MIN_LR_RATE) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
+
+
+def trainer_schedule_args(t: Any) -> dict[str, Any]:
+    """training.lr_scheduler and warmup_steps as transformers TrainingArguments."""
+    name, kwargs = HF_SCHEDULERS[t.lr_scheduler]
+    return {"lr_scheduler_type": name, "lr_scheduler_kwargs": dict(kwargs), "warmup_steps": t.warmup_steps}
+
+
+def trainer_common_args(rt: Runtime, output_dir: Any, total: int, per_device: int) -> dict[str, Any]:
+    """Our training settings as transformers TrainingArguments (the trl stages: RLOO, GRPO, DPO).
+
+    Chosen from the hardware, not trl's defaults (bf16 and gradient checkpointing on, which fail or
+    crawl on CPU)."""
+    t = rt.cfg.training
+    return dict(
+        output_dir=str(output_dir),
+        max_steps=total,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate,
+        **trainer_schedule_args(t),
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=rt.precision == "bf16",
+        fp16=rt.precision == "fp16",
+        use_cpu=rt.device.type == "cpu",
+        # transformers 5 names it activation_checkpointing (gradient_checkpointing is its deprecated alias,
+        # which trl's configs default to True): both set, so neither default wins.
+        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        report_to="none",
+        logging_steps=t.log_interval,
+        # checkpoint_interval 0: no periodic checkpoints (the output is still saved and committed at the end).
+        save_strategy="steps" if t.checkpoint_interval else "no",
+        save_steps=t.checkpoint_interval or 1,
+        save_total_limit=t.keep_checkpoints,
+        disable_tqdm=True,
+        ddp_find_unused_parameters=False,
+        log_level="warning",
+        ddp_timeout=1800,
+        dataloader_num_workers=0,
+    )
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> bool:
+    """Turn on activation recomputation in every transformers model inside `model` (under DDP,
+    FSDP or peft wrappers); returns whether the model now checkpoints."""
+    from transformers import PreTrainedModel
+
+    found = False
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing:
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            found = found or module.is_activation_checkpointing
+    return found
+
+
+def eval_due(step: int, total: int, interval: int) -> bool:
+    """An evaluation during training: every `interval` steps, not at the last (the final one covers it)."""
+    return bool(interval) and step % interval == 0 and step < total
 
 
 def train_loop(rt: Runtime, spec: LoopSpec) -> dict[str, Any]:
@@ -95,9 +171,10 @@ def train_loop(rt: Runtime, spec: LoopSpec) -> dict[str, Any]:
     total = total_steps(rt, spec.n_examples)
     rt.metrics.total_steps.labels(rt.cfg.stage).set(total)
     model = spec.model
+    checkpointing = enable_gradient_checkpointing(model) if t.gradient_checkpointing else False
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, total, t.lr_scheduler))
     ckpt = Checkpointer(rt)
     sampler = StepSampler(spec.n_examples, t.batch_size, t.seed, rt.rank, rt.world, t.gradient_accumulation)
     scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
@@ -105,6 +182,11 @@ def train_loop(rt: Runtime, spec: LoopSpec) -> dict[str, Any]:
     state = ckpt.resume(model, optimizer, scheduler)
     start = int(state["step"]) if state else 0
     initial = dict(state["eval_initial"]) if state else spec.evaluate()
+    # (step, eval metrics) of the evaluations during training; a resume carries the earlier ones.
+    history: list[dict[str, Any]] = list(state.get("eval_history", [])) if state else []
+    if not state:
+        history.append({"step": 0, **initial})
+        rt.metrics.on_eval(initial)
     rt.emit(
         "progress",
         stage=rt.cfg.stage,
@@ -172,22 +254,40 @@ def train_loop(rt: Runtime, spec: LoopSpec) -> dict[str, Any]:
             window_loss.zero_()
             window_steps, window_tokens = 0, 0
             window_start = time.perf_counter()
-        if done % t.checkpoint_interval == 0 and done < total:
+        if eval_due(done, total, t.eval_interval):
+            evaluating = time.perf_counter()
+            evaluated = spec.evaluate()
+            history.append({"step": done, **evaluated})
+            rt.metrics.on_eval(evaluated)
+            rt.emit("progress", stage=rt.cfg.stage, step=done, total=total, loss=None, tokens_per_s=None,
+                    metrics=evaluated)  # fmt: skip
+            window_start += time.perf_counter() - evaluating  # evaluation time is not training throughput
+        # checkpoint_interval 0: no periodic checkpoints; the stage still commits its output at the end.
+        if t.checkpoint_interval and done % t.checkpoint_interval == 0 and done < total:
             saving = time.perf_counter()
             ckpt.save(
                 done,
                 model,
                 optimizer,
                 scheduler,
-                {"eval_initial": initial, "data_position": {"step": done, "global_batch": t.batch_size}},
+                {
+                    "eval_initial": initial,
+                    "eval_history": history,
+                    "data_position": {"step": done, "global_batch": t.batch_size},
+                },
             )
             window_start += time.perf_counter() - saving  # storage time is not training throughput
     final = spec.evaluate()
+    history.append({"step": total, **final})
+    rt.metrics.on_eval(final)
+    rt.emit("progress", stage=rt.cfg.stage, step=total, total=total, loss=None, tokens_per_s=None, metrics=final)
     metrics: dict[str, Any] = {
         "final_loss": last_loss,
         "steps": total,
         "resumed_from": start,
         "tokens_per_s": round(tokens_total / train_time, 1) if train_time else None,
+        "gradient_checkpointing": checkpointing,
+        "eval_history": history,
     }
     metrics.update({f"{k}_initial": v for k, v in initial.items()})
     metrics.update({f"{k}_final": v for k, v in final.items()})

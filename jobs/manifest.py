@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from forgeline.api.stageconfig import CONTRACT_VERSION
+from forgeline.api.torchrun import FORGELINE_TERMINATION_MESSAGE_PATH
 from forgeline.jobs.errors import InputError
 
 MANIFEST_NAME = "_MANIFEST.json"
@@ -29,6 +30,24 @@ class FileEntry:
     path: str
     size: int
     sha256: str
+
+
+def unsafe_path_reason(path: str) -> str | None:
+    """Why a manifest entry's path could escape the directory it is fetched into, or None.
+
+    A manifest comes from the store, which another tenant or a compromised stage may have written:
+    its paths are relative POSIX paths below the artifact, or the artifact is refused whole.
+    """
+    if not isinstance(path, str) or not path:
+        return "is empty or not a string"
+    if "\\" in path or "\x00" in path:
+        return "contains a backslash or a NUL byte"
+    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+        return "is absolute"
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "has an empty, '.' or '..' segment"
+    return None
 
 
 @dataclass
@@ -52,9 +71,41 @@ class Manifest:
         try:
             obj = json.loads(data)
             obj["files"] = [FileEntry(**f) for f in obj["files"]]
-            return cls(**obj)
+            manifest = cls(**obj)
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(uri, f"{MANIFEST_NAME} is malformed ({exc})") from None
+        for entry in manifest.files:
+            reason = unsafe_path_reason(entry.path)
+            if reason is not None:
+                raise InputError(uri, f"{MANIFEST_NAME} lists the file {entry.path!r}, whose path {reason}; refused")
+        return manifest
+
+
+# Parts of a stage config that change between attempts or hosts without changing what is trained.
+VOLATILE_CONFIG_KEYS = ("run", "observability", "storage")
+
+
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """The sha256 of what a stage config trains: the same for every attempt of the same run.
+
+    A rerun skips a stage, and an attempt resumes a checkpoint, only when this matches.
+    """
+    stable = {k: v for k, v in config.items() if k not in VOLATILE_CONFIG_KEYS}
+    return sha256_hex(json.dumps(stable, sort_keys=True, default=str).encode())
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """What differs between two stage configs, as `path: old -> new` lines (volatile keys left out)."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if not prefix and key in VOLATILE_CONFIG_KEYS:
+            continue
+        a, b, path = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += config_changes(a, b, path + ".")
+        elif a != b:
+            changes.append(f"{path}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}")
+    return changes
 
 
 def sha256_hex(data: bytes) -> str:
@@ -105,8 +156,8 @@ def termination_path(configured: str | None) -> str | None:
     default when it exists (never created on a machine that has none)."""
     if configured:
         return configured
-    if os.environ.get("FORGELINE_TERMINATION_MESSAGE_PATH"):
-        return os.environ["FORGELINE_TERMINATION_MESSAGE_PATH"]
+    if os.environ.get(FORGELINE_TERMINATION_MESSAGE_PATH):
+        return os.environ[FORGELINE_TERMINATION_MESSAGE_PATH]
     return DEFAULT_TERMINATION_PATH if os.path.exists(DEFAULT_TERMINATION_PATH) else None
 
 

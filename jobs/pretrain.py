@@ -1,4 +1,5 @@
-"""Pretrain stage: a causal LM from scratch (Llama-style config) or continued from an input model.
+"""Pretrain stage: a causal LM from scratch (Llama-style config) or continued from an input model
+(any `AutoModelForCausalLM` decoder, from a forgeline artifact or a plain Hugging Face directory).
 
 Documents are tokenized, each followed by EOS, concatenated and cut into context-length blocks
 (packing: no padding tokens, so every token of compute is a training token). From scratch, the
@@ -15,6 +16,7 @@ import torch
 
 from forgeline.jobs import data as datamod
 from forgeline.jobs import modeling
+from forgeline.jobs import records as recordsmod
 from forgeline.jobs.loop import LoopSpec, sharded_eval, token_nll, train_loop
 from forgeline.jobs.runtime import Runtime, exit_process, stage_main
 
@@ -49,14 +51,14 @@ def pack(tokenizer: Any, texts: list[str], length: int) -> torch.Tensor:
 def train(rt: Runtime) -> tuple[Path, dict[str, Any]]:
     cfg = rt.cfg
     records = datamod.load_records(cfg.data, rt.storage)
-    datamod.require_fields(records, [cfg.data.text_field], cfg.data.uri or "synthetic")
+    recordsmod.preflight(records, cfg.data, cfg.stage)
     train_recs, eval_recs = datamod.split(records, cfg.data)
     train_texts = [r[cfg.data.text_field] for r in train_recs]
     eval_texts = [r[cfg.data.text_field] for r in eval_recs]
     if cfg.model is not None:
         base = rt.fetch_input("model", cfg.model)
         tokenizer = modeling.load_tokenizer(base, cfg.model.uri)
-        model = modeling.load_causal_lm(base, cfg.model.uri)
+        model = modeling.load_causal_lm(base, cfg.model.uri, tokenizer.pad_token_id)
     else:
         if cfg.tokenizer.uri is not None:
             from forgeline.jobs.contract import ArtifactRef

@@ -1,4 +1,5 @@
-"""Reward stage: a sequence-classification reward model initialised from an input LM, trained on
+"""Reward stage: a sequence-classification reward model initialised from an input LM (any causal LM,
+which gets a one-label head, or a `num_labels=1` sequence classifier), trained on
 preference pairs (prompt, chosen, rejected) with the Bradley-Terry loss -log sigmoid(r_c - r_r).
 
 Equivalent to trl's RewardTrainer (same loss, same input format: prompt + response + EOS, right
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from forgeline.jobs import data as datamod
 from forgeline.jobs import modeling
+from forgeline.jobs import records as recordsmod
 from forgeline.jobs.contract import InputError
 from forgeline.jobs.loop import LoopSpec, sharded_eval, train_loop
 from forgeline.jobs.runtime import Runtime, exit_process, stage_main
@@ -28,16 +30,16 @@ SCORING = {"text": "prompt + completion + eos_token", "padding_side": "right", "
 
 
 def encode_pairs(
-    tokenizer: Any, records: list[dict[str, Any]], fields: tuple[str, str, str], max_len: int
+    tokenizer: Any, triples: list[tuple[str, str, str]], max_len: int
 ) -> list[tuple[list[int], list[int]]]:
-    p, c, r = fields
+    """(prompt, chosen, rejected) texts (records.preference_triples) -> ids of prompt + answer + EOS."""
     eos = tokenizer.eos_token
 
     def ids(texts: list[str]) -> list[list[int]]:
         return [x[:max_len] for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
-    chosen = ids([rec[p] + rec[c] + eos for rec in records])
-    rejected = ids([rec[p] + rec[r] + eos for rec in records])
+    chosen = ids([p + c + eos for p, c, _ in triples])
+    rejected = ids([p + r + eos for p, _, r in triples])
     return list(zip(chosen, rejected, strict=True))
 
 
@@ -63,8 +65,10 @@ def load_reward_model(path: Path, uri: str, pad_token_id: int) -> torch.nn.Modul
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise InputError(uri, f"cannot load a reward model from the artifact ({exc})") from None
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a classifier head with num_labels != 1
+        raise InputError(
+            uri, f"cannot load a reward model (a causal LM or a sequence classifier with num_labels=1) ({exc})"
+        ) from None
     model.config.pad_token_id = pad_token_id
     return model
 
@@ -72,16 +76,18 @@ def load_reward_model(path: Path, uri: str, pad_token_id: int) -> torch.nn.Modul
 def train(rt: Runtime) -> tuple[Path, dict[str, Any]]:
     cfg = rt.cfg
     assert cfg.model is not None
+    records = datamod.load_records(cfg.data, rt.storage)
+    recordsmod.preflight(records, cfg.data, cfg.stage)  # exit 2 in seconds, before any model is fetched
     base = rt.fetch_input("model", cfg.model)
     tokenizer = modeling.load_tokenizer(base, cfg.model.uri)
     model = load_reward_model(base, cfg.model.uri, tokenizer.pad_token_id)
-    fields = (cfg.data.prompt_field, cfg.data.chosen_field, cfg.data.rejected_field)
-    records = datamod.load_records(cfg.data, rt.storage)
-    datamod.require_fields(records, list(fields), cfg.data.uri or "synthetic")
+    if recordsmod.needs_chat_template(records) and recordsmod.ensure_chat_template(tokenizer) and rt.is_main:
+        print("forgeline: the tokenizer has no chat template; using forgeline's default (docs/stage-contract.md)")
     train_recs, eval_recs = datamod.split(records, cfg.data)
     max_len = modeling.context_length(model)
-    pairs = encode_pairs(tokenizer, train_recs, fields, max_len)
-    eval_pairs = encode_pairs(tokenizer, eval_recs or train_recs[:200], fields, max_len)
+    pairs = encode_pairs(tokenizer, recordsmod.preference_triples(tokenizer, train_recs, cfg.data), max_len)
+    held = recordsmod.preference_triples(tokenizer, eval_recs or train_recs[:200], cfg.data)
+    eval_pairs = encode_pairs(tokenizer, held, max_len)
     wrapped = modeling.wrap(rt, model)
     pad = tokenizer.pad_token_id
     micro = max(1, cfg.training.batch_size // (rt.world * cfg.training.gradient_accumulation))

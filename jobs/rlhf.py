@@ -22,10 +22,11 @@ from typing import Any
 import torch
 
 from forgeline.jobs import data as datamod
-from forgeline.jobs import modeling
+from forgeline.jobs import dpo, modeling
+from forgeline.jobs import records as recordsmod
 from forgeline.jobs.contract import ConfigError
 from forgeline.jobs.hf_bridge import CheckpointMirror, ProgressCallback, restore_latest
-from forgeline.jobs.loop import total_steps
+from forgeline.jobs.loop import total_steps, trainer_common_args
 from forgeline.jobs.reward import load_reward_model
 from forgeline.jobs.runtime import Runtime, exit_process, stage_main
 from forgeline.jobs.scoring import PolicyEval, RewardScorer, evaluate_policy
@@ -49,34 +50,11 @@ def trainer_args(rt: Runtime, output_dir: Path, total: int) -> Any:
             f"rlhf.generations_per_prompt ({r.generations_per_prompt})",
         )
     common: dict[str, Any] = dict(
-        output_dir=str(output_dir),
-        max_steps=total,
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=t.gradient_accumulation,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=t.warmup_steps,
-        seed=t.seed,
-        data_seed=t.seed,
+        **trainer_common_args(rt, output_dir, total, per_device),
         num_generations=r.generations_per_prompt,
         max_completion_length=r.max_completion_length,
         beta=r.kl_beta,
         temperature=1.0,
-        bf16=rt.precision == "bf16",
-        fp16=rt.precision == "fp16",
-        use_cpu=rt.device.type == "cpu",
-        gradient_checkpointing=False,
-        activation_checkpointing=False,
-        report_to="none",
-        logging_steps=t.log_interval,
-        save_strategy="steps",
-        save_steps=t.checkpoint_interval,
-        save_total_limit=t.keep_checkpoints,
-        disable_tqdm=True,
-        ddp_find_unused_parameters=False,
-        log_level="warning",
-        ddp_timeout=1800,
-        dataloader_num_workers=0,
     )
     return (RLOOConfig if r.algorithm == "rloo" else GRPOConfig)(**common)
 
@@ -104,6 +82,11 @@ def train(rt: Runtime) -> tuple[Path, dict[str, Any]]:
 
     cfg = rt.cfg
     assert cfg.model is not None and cfg.rlhf is not None
+    records = datamod.load_records(cfg.data, rt.storage)
+    recordsmod.preflight(records, cfg.data, cfg.stage, cfg.rlhf.algorithm)  # exit 2 before any model is fetched
+    if cfg.rlhf.algorithm == "dpo":
+        return dpo.train(rt, records)
+    assert cfg.rlhf.reward_model is not None  # the contract requires it for rloo and grpo
     policy_dir = rt.fetch_input("model", cfg.model)
     rm_dir = rt.fetch_input("reward_model", cfg.rlhf.reward_model)
     tokenizer = modeling.load_tokenizer(policy_dir, cfg.model.uri)
@@ -112,12 +95,13 @@ def train(rt: Runtime) -> tuple[Path, dict[str, Any]]:
     scorer = RewardScorer(
         load_reward_model(rm_dir, cfg.rlhf.reward_model.uri, rm_tokenizer.pad_token_id), rm_tokenizer, rt.device
     )
-    records = datamod.load_records(cfg.data, rt.storage)
-    datamod.require_fields(records, [cfg.data.prompt_field], cfg.data.uri or "synthetic")
+    if recordsmod.needs_chat_template(records) and recordsmod.ensure_chat_template(tokenizer) and rt.is_main:
+        print("forgeline: the tokenizer has no chat template; using forgeline's default (docs/stage-contract.md)")
     train_recs, eval_recs = datamod.split(records, cfg.data)
-    train_prompts = [r[cfg.data.prompt_field] for r in train_recs]
-    eval_prompts = sorted({r[cfg.data.prompt_field] for r in eval_recs}) or sorted(set(train_prompts))[:16]
-    policy = modeling.load_causal_lm(policy_dir, cfg.model.uri).to(rt.device)
+    train_prompts = recordsmod.prompt_texts(tokenizer, train_recs, cfg.data)
+    held = recordsmod.prompt_texts(tokenizer, eval_recs, cfg.data)
+    eval_prompts = sorted(set(held)) or sorted(set(train_prompts))[:16]
+    policy = modeling.load_causal_lm(policy_dir, cfg.model.uri, tokenizer.pad_token_id).to(rt.device)
     total = total_steps(rt, len(train_prompts) * cfg.rlhf.generations_per_prompt)  # batch counts completions
     before = distributed_eval(rt, policy, tokenizer, scorer, eval_prompts, cfg.training.seed + 7)
     rt.emit(
@@ -135,30 +119,50 @@ def train(rt: Runtime) -> tuple[Path, dict[str, Any]]:
     resume = restore_latest(rt, output_dir)
     tokens_per_step = cfg.training.batch_size * cfg.rlhf.max_completion_length
     trainer_cls = RLOOTrainer if cfg.rlhf.algorithm == "rloo" else GRPOTrainer
+    synthetic = cfg.data.synthetic is not None  # the hidden reward is defined for the synthetic language only
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        was_training = model.training
+        values = distributed_eval(rt, model, tokenizer, scorer, eval_prompts, cfg.training.seed + 7).summary("eval")
+        model.train(was_training)
+        return {k: v for k, v in values.items() if synthetic or "true_reward" not in k}
+
+    periodic = dpo.PeriodicEval(rt, evaluate, total)
     trainer = trainer_cls(
         model=policy,
         reward_funcs=scorer,
         args=args,
         train_dataset=Dataset.from_list([{"prompt": p} for p in train_prompts]),
         processing_class=tokenizer,
-        callbacks=[ProgressCallback(rt, total, tokens_per_step), CheckpointMirror(rt)],
+        callbacks=[ProgressCallback(rt, total, tokens_per_step), CheckpointMirror(rt), periodic],
     )
     trainer.remove_callback(PrinterCallback)  # our ProgressCallback owns stdout
+    periodic.model = trainer.model
     result = trainer.train(resume_from_checkpoint=resume)
     trained = trainer.accelerator.unwrap_model(trainer.model)
     after = distributed_eval(rt, trained, tokenizer, scorer, eval_prompts, cfg.training.seed + 7)
+    final = {k: v for k, v in after.summary("eval").items() if synthetic or "true_reward" not in k}
     metrics: dict[str, Any] = {
         "final_loss": result.training_loss,
         "steps": total,
         "algorithm": cfg.rlhf.algorithm,
+        "gradient_checkpointing": bool(getattr(trained, "is_activation_checkpointing", False)),
+        "eval_history": [
+            {"step": 0, **{k.replace("eval_before_", "eval_"): v for k, v in before.summary("eval_before").items()}},
+            *periodic.history,
+            {"step": total, **final},
+        ],
         **before.summary("eval_before"),
         **after.summary("eval_after"),
     }
     kl = [h["kl"] for h in trainer.state.log_history if "kl" in h]
     if kl:
         metrics["kl_final"] = kl[-1]
-    if cfg.data.synthetic is None:  # the hidden reward is defined for the synthetic language only
+    if not synthetic:
         metrics = {k: v for k, v in metrics.items() if "true_reward" not in k}
+        metrics["eval_history"] = [
+            {k: v for k, v in h.items() if "true_reward" not in k} for h in metrics["eval_history"]
+        ]
     out = rt.scratch / "output"
     if rt.is_main:
         fresh_dir(out)

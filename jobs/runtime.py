@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from forgeline.jobs import contract
 from forgeline.jobs.contract import ArtifactRef, ConfigError, ContractError, InputError, Manifest, StageConfig
+from forgeline.jobs.manifest import config_fingerprint
 
 T = TypeVar("T")
 
@@ -158,10 +159,17 @@ class Runtime:
         return result
 
     def fetch_input(self, name: str, ref: ArtifactRef) -> Path:
-        """Download a verified input artifact to node-local scratch; records its lineage digest."""
-        _, sha = st.read_manifest(self.storage, ref.uri, ref.digest)  # on every rank: fail fast with exit 3
+        """Download a verified input artifact to node-local scratch; records its lineage digest.
+
+        The input is a forgeline artifact or a plain Hugging Face model directory, whose manifest
+        rank 0 synthesizes by hashing every file (storage.read_manifest): read once, shared with
+        every rank, and a failure there (exit 3) fails them all at once.
+        """
+        found = self.broadcast(self.on_rank_zero(lambda: st.read_manifest(self.storage, ref.uri, ref.digest)))
+        assert found is not None
+        sha = found[1]
         local = self.scratch.parent / "inputs" / sha
-        self.on_rank_zero(lambda: st.fetch(self.storage, ref.uri, local, ref.digest), local=True)
+        self.on_rank_zero(lambda: st.fetch(self.storage, ref.uri, local, ref.digest, known=found), local=True)
         self.inputs[name] = {"uri": ref.uri, "manifest_sha256": sha}
         return local
 
@@ -217,11 +225,8 @@ def already_done(rt: Runtime) -> tuple[str, dict[str, Any]] | None:
         manifest, sha = st.read_manifest(rt.storage, rt.cfg.output_uri)
     except InputError:
         return None
-    mine, theirs = dict(rt.cfg.to_dict()), dict(manifest.config)
-    for where in ("run", "observability", "storage"):  # attempt-specific, not what was trained
-        mine.pop(where, None)
-        theirs.pop(where, None)
-    return (sha, manifest.metrics) if mine == theirs else None
+    same = config_fingerprint(rt.cfg.to_dict()) == config_fingerprint(manifest.config)
+    return (sha, manifest.metrics) if same else None
 
 
 def stage_main(

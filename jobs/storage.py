@@ -6,10 +6,17 @@ sha256 against it, so an upload interrupted at any point (a killed pod, a lost c
 never be mistaken for an artifact. The same code serves `file://` (local runs, tests) and `s3://`
 (clusters; credentials come from the standard AWS_* environment variables through botocore, the
 endpoint from the config, so pods never see credentials in a spec field).
+
+A plain Hugging Face model directory (config.json, weights, tokenizer files; no manifest) is
+accepted wherever an artifact is read: `read_manifest` synthesizes its manifest from a listing
+and each file's sha256, marked with stage `huggingface` and written nowhere. The synthesized
+manifest has no timestamp and no URI, so the same bytes give the same digest wherever they lie
+and whoever reads them (a stage, the local runner, the operator's probe).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -20,6 +27,7 @@ from typing import Any
 import fsspec
 
 from forgeline.jobs.contract import MANIFEST_NAME, FileEntry, InputError, Manifest, normalise_digest, sha256_hex
+from forgeline.jobs.retry import Retrying, RetryPolicy
 
 CHUNK = 8 << 20
 
@@ -33,17 +41,21 @@ def file_sha256(path: str | Path) -> str:
 
 
 class Storage:
-    """A filesystem plus the URI scheme; paths in and out are full URIs."""
+    """A filesystem plus the URI scheme; paths in and out are full URIs.
 
-    def __init__(self, endpoint: str | None = None) -> None:
+    Every call on the filesystem `fs()` returns is retried on transient errors (retry.py).
+    """
+
+    def __init__(self, endpoint: str | None = None, retry: RetryPolicy | None = None) -> None:
         self.endpoint = endpoint
+        self.retry = retry if retry is not None else RetryPolicy.from_env()
 
     def fs(self, uri: str) -> tuple[Any, str]:
         options: dict[str, Any] = {}
         if uri.startswith("s3://") and self.endpoint:
             options["client_kwargs"] = {"endpoint_url": self.endpoint}
         fs, path = fsspec.core.url_to_fs(uri, **options)
-        return fs, path
+        return Retrying(fs, self.retry), path
 
     def exists(self, uri: str) -> bool:
         fs, path = self.fs(uri)
@@ -112,24 +124,157 @@ def commit(storage: Storage, uri: str, manifest: Manifest) -> str:
     return sha256_hex(data)
 
 
+# Written before an artifact's first file and removed after its manifest: a directory that still
+# has it is an upload that never finished, never a plain Hugging Face directory to read as one.
+PENDING_NAME = "_UPLOAD_IN_PROGRESS"
+
+
+def begin_upload(storage: Storage, uri: str) -> None:
+    storage.remove(join(uri, MANIFEST_NAME))
+    storage.write_bytes(join(uri, PENDING_NAME), b"files are being uploaded; _MANIFEST.json comes last\n")
+
+
+def end_upload(storage: Storage, uri: str, manifest: Manifest) -> str:
+    sha = commit(storage, uri, manifest)
+    storage.remove(join(uri, PENDING_NAME))  # left behind by a crash here: harmless, the manifest wins
+    return sha
+
+
 def publish_dir(storage: Storage, local_dir: Path, uri: str, manifest: Manifest) -> str:
     """Upload a local directory as an artifact: drop any old manifest, files, then manifest."""
-    storage.remove(join(uri, MANIFEST_NAME))
+    begin_upload(storage, uri)
     manifest.files = upload_files(storage, local_dir, uri)
-    return commit(storage, uri, manifest)
+    return end_upload(storage, uri, manifest)
+
+
+# ----------------------------------------------------------------------------- plain HF directories
+
+PLAIN_STAGE = "huggingface"  # the `stage` of a synthesized manifest: no forgeline stage wrote it
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
+TOKENIZER_PATTERNS = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "chat_template.json",
+    "chat_template.jinja",
+)
+SYNTHESIZED_NOTE = (
+    "a plain Hugging Face model directory with no _MANIFEST.json: this manifest was computed from its "
+    "files (path, size, sha256) and written nowhere"
+)
+EXPECTED = (
+    f"a forgeline artifact ({MANIFEST_NAME}, written by a stage or `forgeline import`) or a Hugging Face "
+    "model directory (config.json, *.safetensors or pytorch_model*.bin weights, tokenizer files)"
+)
+
+
+def matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def list_files(storage: Storage, uri: str) -> dict[str, int]:
+    """Relative path -> size of every file under uri, leaving out hidden ones (`.git/`, `.cache/`)."""
+    fs, root = storage.fs(uri)
+    root = root.rstrip("/")
+    try:
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        return {}
+    files = {}
+    for name, info in found.items():
+        rel = name[len(root) :].lstrip("/") if name.startswith(root) else name
+        if not rel or info.get("type") != "file" or any(part.startswith(".") for part in rel.split("/")):
+            continue
+        files[rel] = int(info["size"])
+    return files
+
+
+def stream_sha256(storage: Storage, uri: str) -> str:
+    fs, path = storage.fs(uri)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe_remote(storage: Storage, uri: str, sizes: dict[str, int]) -> list[FileEntry]:
+    return [FileEntry(rel, size, stream_sha256(storage, join(uri, rel))) for rel, size in sorted(sizes.items())]
+
+
+def plain_model_files(storage: Storage, uri: str, need_tokenizer: bool = True) -> dict[str, int] | None:
+    """The files of a plain Hugging Face model directory; None when there is no config.json at all.
+
+    InputError when config.json is there but the weights (or, if needed, the tokenizer) are not.
+    """
+    sizes = list_files(storage, uri)
+    if PENDING_NAME in sizes:
+        raise InputError(
+            uri,
+            f"no {MANIFEST_NAME}: an upload here never finished ({PENDING_NAME} is still there); "
+            "run (or rerun) the stage that produces it",
+        )
+    if "config.json" not in sizes:
+        return None
+    top = [rel for rel in sizes if "/" not in rel]
+    if not any(matches(rel, WEIGHT_PATTERNS) for rel in top):
+        raise InputError(
+            uri, f"has config.json but no weights (*.safetensors or pytorch_model*.bin); expected {EXPECTED}"
+        )
+    if need_tokenizer and not any(matches(rel, TOKENIZER_PATTERNS) for rel in top):
+        raise InputError(
+            uri,
+            "has a model but no tokenizer files (tokenizer.json, tokenizer_config.json, ...); add them, or "
+            "bring the tokenizer in with `forgeline import SRC DEST --tokenizer TOKENIZER_URI`",
+        )
+    return sizes
+
+
+def synthesize_manifest(files: list[FileEntry]) -> Manifest:
+    """The manifest of a plain HF directory: files only, no timestamp, no URI (so digests are stable)."""
+    return Manifest(
+        stage=PLAIN_STAGE,
+        run={},
+        files=files,
+        config={"synthesized": SYNTHESIZED_NOTE},
+        created="",
+    )
+
+
+def is_synthesized(manifest: Manifest) -> bool:
+    return manifest.stage == PLAIN_STAGE and manifest.created == ""
+
+
+def read_plain_model(storage: Storage, uri: str) -> Manifest | None:
+    """The synthesized manifest of a plain HF model directory at uri, or None if it is not one."""
+    sizes = plain_model_files(storage, uri)
+    if sizes is None:
+        return None
+    manifest = synthesize_manifest(describe_remote(storage, uri, sizes))
+    # Re-validate the paths exactly as a stored manifest is (the listing comes from the store).
+    return Manifest.from_bytes(manifest.to_bytes(), uri)
 
 
 def read_manifest(storage: Storage, uri: str, digest: str | None = None) -> tuple[Manifest, str]:
-    """The manifest of a complete artifact, or InputError naming the URI."""
+    """The manifest of a complete artifact (or a plain HF model directory), or InputError naming the URI."""
     murl = join(uri, MANIFEST_NAME)
     try:
         data = storage.read_bytes(murl)
     except FileNotFoundError:
-        raise InputError(
-            uri,
-            f"no {MANIFEST_NAME}: the artifact is missing or its upload never "
-            "finished; run (or rerun) the stage that produces it",
-        ) from None
+        plain = read_plain_model(storage, uri)
+        if plain is None:
+            raise InputError(
+                uri,
+                f"no {MANIFEST_NAME} and no config.json: expected {EXPECTED}; the artifact is missing or its "
+                "upload never finished; run (or rerun) the stage that produces it",
+            ) from None
+        data = plain.to_bytes()
     sha = sha256_hex(data)
     want = normalise_digest(digest)
     if want is not None and want != sha:
@@ -138,23 +283,34 @@ def read_manifest(storage: Storage, uri: str, digest: str | None = None) -> tupl
 
 
 def fetch(
-    storage: Storage, uri: str, local_dir: Path, digest: str | None = None, only: list[str] | None = None
+    storage: Storage,
+    uri: str,
+    local_dir: Path,
+    digest: str | None = None,
+    only: list[str] | None = None,
+    known: tuple[Manifest, str] | None = None,
 ) -> tuple[Manifest, str]:
     """Download a complete artifact into local_dir, verifying every file against its manifest.
 
     A local copy that already matches (same manifest digest, marker file) is reused, so ranks
-    sharing a node and restarted attempts do not download twice.
+    sharing a node and restarted attempts do not download twice. `known` is a manifest the caller
+    already read (for a plain HF directory, reading it means hashing every file: do it once).
     """
-    manifest, sha = read_manifest(storage, uri, digest)
+    manifest, sha = known if known is not None else read_manifest(storage, uri, digest)
     marker = local_dir / f".fetched-{sha}"
     if marker.exists():
         return manifest, sha
     local_dir.mkdir(parents=True, exist_ok=True)
+    root = local_dir.resolve()
     for entry in manifest.files:
         if only is not None and entry.path not in only:
             continue
         target = local_dir / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
+        # The manifest's paths are checked when it is read; this also refuses a symlink planted
+        # in the local directory (by an earlier fetch or a co-tenant of the scratch volume).
+        if not target.parent.resolve().is_relative_to(root) or target.is_symlink():
+            raise InputError(uri, f"file {entry.path} would be written outside {local_dir}; refused")
         # Several processes may fetch the same artifact into the same place (two nodes of a local
         # run, ranks sharing a scratch volume): each downloads to a name of its own and renames
         # into place, so no one ever reads a half-written file.

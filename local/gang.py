@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from forgeline.api import torchrun
 from forgeline.jobs.errors import PERMANENT_EXIT_CODES
 
 TERM_GRACE_SECONDS = 10.0
@@ -75,12 +76,17 @@ class Gang:
             HF_HUB_OFFLINE="1",
             HF_HUB_DISABLE_TELEMETRY="1",
             OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
-            PET_NNODES=str(self.nodes),
-            PET_NPROC_PER_NODE=str(self.procs),
-            PET_NODE_RANK=str(node_rank),
-            PET_MASTER_ADDR="127.0.0.1",
-            PET_MASTER_PORT=str(port),
-            PET_RDZV_ID=self.rdzv_id,
+        )
+        # The torchrun contract (api/torchrun.py), as the operator sets it on pods.
+        env.update(
+            {
+                torchrun.PET_NNODES: str(self.nodes),
+                torchrun.PET_NPROC_PER_NODE: str(self.procs),
+                torchrun.PET_NODE_RANK: str(node_rank),
+                torchrun.PET_MASTER_ADDR: "127.0.0.1",
+                torchrun.PET_MASTER_PORT: str(port),
+                torchrun.PET_RDZV_ID: self.rdzv_id,
+            }
         )
         return env
 

@@ -2,8 +2,10 @@
 
 Same models, same chain, same stage contract as the operator; torchrun processes on this
 machine instead of pods, `file://` storage under the workdir instead of S3. Like the operator it
-treats the artifact manifest as the only proof a stage finished: a rerun skips every stage whose
-output has a manifest, and an interrupted stage resumes from its latest complete checkpoint.
+treats the artifact manifest as the only proof a stage finished: a rerun skips a stage whose
+output has a manifest made by the same config from the same inputs (and runs it again, saying what
+changed, otherwise), and an interrupted stage resumes from its latest complete checkpoint of the
+same config.
 Retryable failures (any exit code but 2 and 3) restart the whole gang, up to the job's
 runPolicy.backoffLimit, as on a cluster.
 """
@@ -18,22 +20,29 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from forgeline.api.chain import Chain, JobKey, resolve
-from forgeline.api.kinds import Job
-from forgeline.api.manifests import ManifestSyntaxError, load_documents
+from forgeline.api.chain import Chain, JobKey
+from forgeline.api.gate import check
+from forgeline.api.kinds import Job, RLHFJob
+from forgeline.api.pipeline import PipelineError, load_pipeline
 from forgeline.api.stageconfig import ResolvedInput, build_stage_config, output_uri
-from forgeline.api.validate import InvalidManifest, Problem, parse_job, subject_of
-from forgeline.jobs.contract import ContractError, InputError
+from forgeline.jobs.contract import MANIFEST_NAME, ContractError, InputError
 from forgeline.jobs.errors import PERMANENT_EXIT_CODES
+from forgeline.jobs.manifest import config_changes, config_fingerprint
 from forgeline.jobs.storage import Storage, read_manifest
 from forgeline.local.gang import Gang
 from forgeline.local.progress import ProgressLine
-from forgeline.local.report import CURVE_METRIC, StageRecord, curve_point, print_summary, write_report
-
-
-class PipelineError(Exception):
-    """The pipeline cannot start; the message says why and what to do."""
+from forgeline.local.report import (
+    EVENTS_FILE,
+    StageRecord,
+    append_event,
+    curve_metric,
+    print_summary,
+    read_events,
+    restore_curves,
+    write_report,
+)
 
 
 @dataclass
@@ -60,23 +69,58 @@ class LocalPipeline:
             record.state, record.reason = "Blocked", f"upstream {blocked[0]} did not succeed"
             print(f"--- {key}: blocked ({record.reason})")
             return record
-        if storage.exists(record.output.rstrip("/") + "/_MANIFEST.json"):
-            manifest, digest = read_manifest(storage, record.output)
-            record.state, record.digest, record.metrics = "Skipped", digest, dict(manifest.metrics)
-            print(f"--- {key}: output already committed ({record.output}, sha256:{digest[:12]}); skipped")
-            return record
+        gate = getattr(job.spec, "gate", None)
+        if gate is not None:  # as the operator: the EvalJob's recorded metrics decide
+            evaluator = self.jobs[JobKey("EvalJob", gate.eval_job)]
+            verdict = check(gate, self.records[JobKey("EvalJob", gate.eval_job)].metrics, evaluator.spec.baseline)
+            print(f"--- {key}: gate {'passed' if verdict.passed else 'failed'}: {verdict.message}")
+            if not verdict.passed:
+                record.state, record.reason = "Failed", f"GateFailed: {verdict.message}"
+                return record
         try:
             inputs = self._inputs(job, storage)
         except ContractError as exc:
             record.state, record.reason = "Failed", str(exc)
             print(f"--- {key}: {exc}")
             return record
+        record.inputs = {role: {"uri": ref.uri, "digest": ref.digest} for role, ref in inputs.items()}
+        if self._already_committed(job, record, inputs, storage):
+            return record
         return self._attempts(job, record, inputs)
+
+    def _already_committed(
+        self, job: Job, record: StageRecord, inputs: dict[str, ResolvedInput], storage: Storage
+    ) -> bool:
+        """Skip a stage only when its committed output was made by this config from these inputs.
+
+        Anything else (a changed setting, an input that was retrained) runs the stage again and
+        says what changed; the stage's own checkpoints are resumed only under the same config.
+        """
+        key = JobKey(job.kind, job.metadata.name)
+        if not storage.exists(record.output.rstrip("/") + "/" + MANIFEST_NAME):
+            return False
+        manifest, digest = read_manifest(storage, record.output)
+        nodes, procs = self._shape(job)
+        wanted = build_stage_config(
+            job, attempt=1, output=record.output, inputs=inputs, world_size=nodes * procs
+        ).to_dict()
+        # The config names each input with its manifest digest, so a retrained input shows here too.
+        changes = config_changes(manifest.config, wanted)
+        if changes:
+            print(f"--- {key}: the committed output {record.output} was made by another config or input; "
+                  f"running again ({'; '.join(changes[:6])}{'; ...' if len(changes) > 6 else ''})")  # fmt: skip
+            return False
+        record.state, record.digest, record.metrics = "Skipped", digest, dict(manifest.metrics)
+        restore_curves(
+            record, read_events(self._stage_dir(job) / EVENTS_FILE, config_fingerprint(wanted)), _metric(job)
+        )
+        print(f"--- {key}: output committed by the same config ({record.output}, sha256:{digest[:12]}); skipped")
+        return True
 
     def _attempts(self, job: Job, record: StageRecord, inputs: dict[str, ResolvedInput]) -> StageRecord:
         key = JobKey(job.kind, job.metadata.name)
         nodes, procs = self._shape(job)
-        stage_dir = self.workdir / "stages" / f"{job.kind.lower()}-{job.metadata.name}"
+        stage_dir = self._stage_dir(job)
         stage_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         attempt = 0
@@ -93,10 +137,20 @@ class LocalPipeline:
                 rdzv_id=f"{job.metadata.name}-{uuid.uuid4().hex[:8]}-{attempt}",
                 workdir=stage_dir / "run", log_prefix=stage_dir / f"attempt{attempt}",
             )  # fmt: skip
-            line = ProgressLine(str(key), CURVE_METRIC.get(job.stage, "loss"))
-            result = gang.run(line.update)
+            line = ProgressLine(str(key), _metric(job))
+            # Every progress event is kept in the stage dir as it arrives, so the curve survives an interrupt.
+            events_path, fingerprint = stage_dir / EVENTS_FILE, config_fingerprint(config.to_dict())
+
+            def on_event(
+                event: dict[str, Any], path: Path = events_path, fp: str = fingerprint, shown: ProgressLine = line
+            ) -> None:
+                append_event(path, fp, event)
+                shown.update(event)
+
+            result = gang.run(on_event)
             line.finish()
-            record.curve.extend(p for e in result.events if (p := curve_point(job.stage, e)) is not None)
+            record.metrics = dict((result.last("result") or {}).get("metrics") or {})
+            restore_curves(record, read_events(events_path, fingerprint), _metric(job))
             if result.exit_code == 0:
                 final = result.last("result") or {}
                 record.state = "Succeeded"
@@ -112,6 +166,9 @@ class LocalPipeline:
         record.attempts = attempt
         record.seconds = time.monotonic() - started
         return record
+
+    def _stage_dir(self, job: Job) -> Path:
+        return self.workdir / "stages" / f"{job.kind.lower()}-{job.metadata.name}"
 
     def _shape(self, job: Job) -> tuple[int, int]:
         """Nodes and processes per node, capped so the gang fits this machine's cores."""
@@ -134,6 +191,11 @@ class LocalPipeline:
         return inputs
 
 
+def _metric(job: Job) -> str:
+    """What the stage's progress line and curve show (RLOO/GRPO: the reward; the rest: the loss)."""
+    return curve_metric(job.stage, job.spec.rlhf.algorithm if isinstance(job, RLHFJob) else None)
+
+
 def _failure_reason(tail: list[str], code: int) -> str:
     for line in reversed(tail):
         for marker in ("bad config:", "input ", "Error:", "error:"):
@@ -144,26 +206,6 @@ def _failure_reason(tail: list[str], code: int) -> str:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def load_pipeline(path: Path) -> tuple[list[Job], Chain]:
-    """Parse and check a pipeline file; PipelineError lists every problem."""
-    try:
-        documents = load_documents(path)
-    except ManifestSyntaxError as exc:
-        raise PipelineError(str(exc)) from None
-    jobs: list[Job] = []
-    problems: list[str] = []
-    for doc in documents:
-        try:
-            jobs.append(parse_job(doc.body))
-        except InvalidManifest as exc:
-            problems.extend(str(Problem(doc.source, subject_of(doc.body), e)) for e in exc.errors)
-    chain = resolve(jobs)
-    problems += [f"{path} {p.job}: {p.field}: {p.message}" for p in chain.problems]
-    if problems:
-        raise PipelineError("\n".join(problems))
-    return jobs, chain
 
 
 def run_pipeline_file(path: Path, *, store: str | None, workdir: Path, max_procs: int | None) -> int:
@@ -202,4 +244,4 @@ def run_pipeline_file(path: Path, *, store: str | None, workdir: Path, max_procs
     return 0 if ok else 1
 
 
-__all__ = ["LocalPipeline", "PipelineError", "load_pipeline", "run_pipeline_file"]
+__all__ = ["LocalPipeline", "run_pipeline_file"]

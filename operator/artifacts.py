@@ -27,9 +27,11 @@ class StoreProbe:
 
     def __init__(self, endpoint: str | None = None) -> None:
         from forgeline.jobs import storage  # fsspec: only when the check is switched on
+        from forgeline.jobs.retry import RetryPolicy
 
         self._storage_module: Any = storage
-        self._storage = storage.Storage(endpoint)
+        # One try: a reconcile pass never waits on a store that is down; the stage checks again itself.
+        self._storage = storage.Storage(endpoint, retry=RetryPolicy(deadline=0))
 
     def __call__(self, uri: str) -> UriCheck:
         from forgeline.jobs.errors import InputError

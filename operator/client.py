@@ -31,6 +31,7 @@ _BUILTIN = {
     "Service": ("/api/v1", "services"),
     "Event": ("/api/v1", "events"),
     "Job": ("/apis/batch/v1", "jobs"),
+    "PodGroup": ("/apis/scheduling.k8s.io/v1alpha2", "podgroups"),
 }
 
 
@@ -103,6 +104,15 @@ class KubeClient:
         if response.status >= 300:
             raise ApiError(response.status, method, path, data.decode(errors="replace") if data else "")
         return json.loads(data) if data else {}
+
+    def serves_pod_groups(self) -> bool:
+        """Whether the API server serves scheduling.k8s.io/v1alpha2 PodGroups (the in-tree gang
+        scheduling of KEP-4671: 1.36+ with the GenericWorkload and GangScheduling gates)."""
+        try:
+            found = self.request("GET", _BUILTIN["PodGroup"][0], missing_ok=True)
+        except ApiError:  # discovery of an absent or forbidden group: no gangs, as before
+            return False
+        return any(r.get("name") == "podgroups" for r in (found or {}).get("resources") or [])
 
     # -- the port ---------------------------------------------------------------------------
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:

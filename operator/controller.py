@@ -10,6 +10,10 @@ handlers.py (kopf) only reports what changed; this module decides which jobs to 
 * otherwise each job is looked at again after the delay its last pass asked for (a deadline, a
   TTL, the next progress scrape) or after the resync period, whichever comes first.
 
+With leader election (leader.py) the controller is also where leadership takes effect: its
+writes go through the elector's fence, and its work queue dispatches only while it leads. A
+standby's queue still fills from kopf's events, so taking over starts with a pass over every job.
+
 No kopf here, so the same controller runs under a plain test harness too.
 """
 
@@ -24,8 +28,9 @@ from typing import Any
 
 from forgeline.api.chain import references_of
 from forgeline.api.kinds import KINDS
-from forgeline.api.validate import InvalidManifest, parse_job
+from forgeline.api.validate import parse_job
 from forgeline.operator.decide import Plan
+from forgeline.operator.leader import FencedPort, LeaderElector, NotLeader
 from forgeline.operator.metrics import OperatorMetrics
 from forgeline.operator.policies.inputs import UriCheck
 from forgeline.operator.reconcile import ClusterPort, Reconciler
@@ -48,10 +53,22 @@ class Controller:
         workers: int = 4,
         resync_seconds: float = 60.0,
         check_uri: Callable[[str], UriCheck] | None = None,
+        elector: LeaderElector | None = None,
     ) -> None:
         self.metrics = metrics
         self.resync_seconds = resync_seconds
-        self.reconciler = Reconciler(port, settings, on_plan=self._observe_plan, check_uri=check_uri)
+        self.elector = elector
+        self._started = threading.Event()
+        if elector is not None:
+            port = FencedPort(port, elector.is_leader)
+            self._observe_leadership(False)  # a standby until the lease says otherwise
+        self.reconciler = Reconciler(
+            port,
+            settings,
+            on_plan=self._observe_plan,
+            check_uri=check_uri,
+            on_finished=metrics.job_finished if metrics is not None else None,
+        )
         self.queue: WorkQueue[Key] = WorkQueue(self._work, workers=workers)
         self._lock = threading.Lock()
         self._dependents: dict[Key, set[Key]] = defaultdict(set)  # upstream -> downstream jobs
@@ -59,10 +76,36 @@ class Controller:
         self._seen: dict[Key, tuple[Any, Any]] = {}  # job -> (state, InputsReady reason) last seen
 
     def start(self) -> None:
-        self.queue.start()
+        """Dispatch reconcile passes now, or (leader-elected) once this replica leads."""
+        if self.elector is None:
+            self._lead()
+        else:
+            self.elector.start(on_started=self._lead, on_stopped=lambda: self._observe_leadership(False))
 
     def stop(self) -> None:
+        """Clean shutdown: finish the passes in flight, then give the lease up."""
         self.queue.stop()
+        if self.elector is not None:
+            self.elector.release()
+            self._observe_leadership(False)
+
+    def _lead(self) -> None:
+        self._observe_leadership(True)
+        self.queue.start()
+        self._started.set()
+
+    def _observe_leadership(self, leading: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.set_leader(leading)
+
+    def ready(self) -> bool:
+        """Readiness: started, and (leader-elected) a leader or a standby that follows the lease."""
+        if self.elector is None:
+            return self._started.is_set()
+        return self.elector.following()
+
+    def leading(self) -> bool:
+        return self._started.is_set() if self.elector is None else self.elector.is_leader()
 
     # -- what kopf reports ------------------------------------------------------------------
     def job_changed(self, body: Obj, deleted: bool = False) -> None:
@@ -108,6 +151,8 @@ class Controller:
         started = time.perf_counter()
         try:
             again = self.reconciler.reconcile(*key)
+        except NotLeader:
+            return None  # leadership lapsed mid-pass: the elector is stopping this process
         except Exception as exc:
             if getattr(exc, "status", None) == 409:
                 # The object changed between our read and our status write: not an error, the
@@ -148,12 +193,14 @@ class Controller:
         if body is not None:
             try:
                 job = parse_job(body)
-            except InvalidManifest:
+            except Exception:  # any object, however odd: its own pass marks it Failed with the cause
                 job = None
             if job is not None:
+                # The namespace is part of every key: a fromJob names a job of its own namespace only.
                 upstreams = {(r.upstream.kind, key[1], r.upstream.name) for r in references_of(job) if r.upstream}
-            state = (body.get("status") or {}).get("state")
-            if self.metrics is not None and state:
+            status = body.get("status")
+            state = status.get("state") if isinstance(status, dict) else None
+            if self.metrics is not None and isinstance(state, str) and state:
                 self.metrics.observe_state(key, state)
         with self._lock:
             for old in self._upstreams.pop(key, set()):

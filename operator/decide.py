@@ -3,22 +3,43 @@
 `decide` reads one snapshot (the job object, its batch Jobs and pods, its upstreams, the time) and
 returns what to change; it never remembers anything between passes, so an operator that was killed
 and restarted converges from whatever it finds. The policies (policies/) each decide one thing;
-this module only strings them together in order: finished, inputs, suspend, deadlines, the
-current attempt. reconcile.py observes and acts.
+this module strings them together as named steps. The first step that settles the pass ends it,
+so the order is the precedence:
+
+1. `_sort_children` (always): children of a deleted namesake and attempts left behind are deleted
+   whatever else the pass decides; the current attempt's Job and pods are picked out;
+2. `_settle_finished`: Succeeded and Failed are one-way; a finished job only stops stray pods and
+   waits out its TTL, so no later step can start anything for it;
+3. `_preflight`, then `_wait_for_inputs` (before the first attempt only): a job the operator can
+   tell will not run (another namespace's artifacts, reserved labels, settings its upstream model
+   cannot take) fails without a pod; nothing starts until every input is ready (and a gated job
+   fails GateFailed when its EvalJob's result misses the condition), and what was consumed is
+   frozen into status.inputs so every later attempt reads the same;
+4. `_hold_suspended`, then `_start_attempt`: suspend is honoured before any clock is read (a
+   parked job is not late); a first start or a resume makes a new attempt and ends the pass;
+5. `_enforce_deadline`: activeDeadlineSeconds spans every attempt, so it wins over whatever the
+   current attempt is doing;
+6. `_follow_attempt`: the current attempt: success first, then restart-or-fail (a failed pod
+   names the real cause), then the startup deadline, then Running or still starting.
+
+reconcile.py observes and acts.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from forgeline.api.kinds import Job
 from forgeline.api.stageconfig import output_uri
+from forgeline.api.validate import InvalidManifest, parse_job
 from forgeline.operator.conditions import find_condition, is_true, set_condition
 from forgeline.operator.policies import pods as podinfo
 from forgeline.operator.policies.deadline import check_active_deadline
+from forgeline.operator.policies.gate import check_gate
 from forgeline.operator.policies.inputs import (
     URI_RECHECK_SECONDS,
     UriCheck,
@@ -27,14 +48,22 @@ from forgeline.operator.policies.inputs import (
     resolve_inputs,
 )
 from forgeline.operator.policies.output import final_progress, output_from_pods
-from forgeline.operator.policies.restart import classify_attempt, decide_restart, gang_broken
-from forgeline.operator.policies.startup import check_startup
-from forgeline.operator.policies.suspend import suspend_action
+from forgeline.operator.policies.preflight import StorePolicy, preflight_problems
+from forgeline.operator.policies.restart import (
+    AttemptOutcome,
+    RestartDecision,
+    classify_attempt,
+    decide_restart,
+    gang_broken,
+)
+from forgeline.operator.policies.startup import StartupVerdict, check_startup
+from forgeline.operator.policies.suspend import Action, suspend_action
 from forgeline.operator.policies.ttl import check_ttl
 from forgeline.operator.progress import rfc3339
 from forgeline.operator.render import (
     KUEUE_QUEUE_LABEL,
     LABEL_ATTEMPT,
+    POD_GROUP_API_VERSION,
     Owner,
     RenderSettings,
     child_name,
@@ -88,23 +117,38 @@ _BENIGN = {"WaitingForUpstream", "WaitingForAdmission", "PodsStarting", "Resumed
 
 
 class _Pass:
-    """One decide() pass: the working status, the plan, and condition bookkeeping with events."""
+    """One decide() pass: the working status, the plan, the current attempt's children, and
+    condition bookkeeping with events."""
 
     def __init__(self, job: Job, observed: Observed, settings: RenderSettings) -> None:
         self.job = job
         self.obs = observed
         self.settings = settings
+        self.policy = job.spec.run_policy
+        self.nodes = job.spec.resources.nodes
         self.meta = observed.body.get("metadata") or {}
         self.status: Obj = copy.deepcopy(observed.body.get("status") or {})
         self.status.setdefault("conditions", [])
         self.plan = Plan(status=self.status)
         self.now = rfc3339(observed.now)
         self.generation = self.meta.get("generation")
+        if self.generation is not None:
+            self.status["observedGeneration"] = self.generation
+        for counter in ("attempt", "restarts", "evictions"):
+            self.status.setdefault(counter, 0)
+        self.state_before = self.status.get("state")  # the state this pass started from
+        # Set by _sort_children:
         self.blocked: set[str] = set()  # child names held by a leftover of an earlier object
+        self.current: Obj | None = None  # the current attempt's batch Job, if it exists
+        self.attempt_pods: list[Obj] = []  # the current attempt's pods
 
     @property
     def attempt(self) -> int:
         return int(self.status.get("attempt") or 0)
+
+    def suspend_action(self) -> Action:
+        # A finished job never gets here (_settle_finished ends its pass).
+        return suspend_action(self.policy.suspend, self.state_before == "Suspended", finished=False)
 
     def condition(self, type_: str, status: str, reason: str, message: str = "", *, quiet: bool = False) -> None:
         """Set a condition; a transition (status flip, or a new reason) becomes an Event unless
@@ -125,6 +169,8 @@ class _Pass:
     def delete_attempt(self, attempt: int) -> None:
         name = child_name(self.job, attempt)
         self.plan.delete += [("batch/v1", "Job", name), ("v1", "Service", name), ("v1", "ConfigMap", name)]
+        if self.settings.gang_scheduling:
+            self.plan.delete.append((POD_GROUP_API_VERSION, "PodGroup", name))
 
     def apply_attempt(self, attempt: int) -> None:
         if child_name(self.job, attempt) in self.blocked:
@@ -139,6 +185,16 @@ class _Pass:
             annotations=dict(self.meta.get("annotations") or {}),
         )
         self.plan.apply += render_attempt(self.job, owner, attempt, inputs, self.settings)
+
+    def next_attempt(self, state: str) -> int:
+        """Make attempt N+1 (a fresh gang, a fresh rendezvous) and look again at its deadline."""
+        attempt = self.attempt + 1
+        self.status["attempt"] = attempt
+        self.status["state"] = state
+        self.status["replicas"] = _replicas([])
+        self.apply_attempt(attempt)
+        self.plan.requeue(float(self.policy.startup_deadline))
+        return attempt
 
     def finish(self, state: str, reason: str, message: str) -> None:
         """Succeeded or Failed: one-way; the other conditions settle."""
@@ -188,161 +244,248 @@ def _attempt_started(child: Obj | None, now: datetime) -> datetime | None:
     return parse_time(status.get("startTime")) or parse_time((child.get("metadata") or {}).get("creationTimestamp"))
 
 
-def decide(job: Job, observed: Observed, settings: RenderSettings) -> Plan:
-    """One reconcile pass, pure. Returns what to change; Reconciler does it."""
-    p = _Pass(job, observed, settings)
-    st = p.status
-    now = observed.now
-    policy = job.spec.run_policy
-    nodes = job.spec.resources.nodes
-    if p.generation is not None:
-        st["observedGeneration"] = p.generation
-    st.setdefault("attempt", 0)
-    st.setdefault("restarts", 0)
-    st.setdefault("evictions", 0)
+# -- 1. the children: never adopt a namesake's, clean up earlier attempts -----------------------
 
-    attempt = p.attempt
-    # Children of an earlier object of the same name (deleted and re-created before the garbage
-    # collector got to them) carry our labels but not our uid: never adopt them, delete them.
+
+def _sort_children(p: _Pass) -> None:
+    """Pick out the current attempt's Job and pods. Children of an earlier object of the same name
+    (deleted and re-created before the garbage collector got to them) carry our labels but not our
+    uid: never adopt them, delete them. An earlier attempt of ours left behind (a pass died between
+    its steps) is deleted too."""
     uid = str(p.meta.get("uid", ""))
-    foreign = [c for c in observed.children if not _owned_by(c, uid)]
+    foreign = [c for c in p.obs.children if not _owned_by(c, uid)]
     foreign_uids = {str((c.get("metadata") or {}).get("uid", "")) for c in foreign}
     for child in foreign:
         if not podinfo.deleting(child):
             p.plan.delete.append(("batch/v1", "Job", str(child["metadata"]["name"])))
     p.blocked = {str(c["metadata"]["name"]) for c in foreign}
-    live_children = [c for c in observed.children if not podinfo.deleting(c) and c not in foreign]
-    current = next((c for c in live_children if attempt_of(c) == attempt), None)
-    pods = [pod for pod in observed.pods if _controller_uid(pod) not in foreign_uids]
-    attempt_pods = [pod for pod in pods if attempt_of(pod) == attempt]
-    for child in live_children:
+    live = [c for c in p.obs.children if not podinfo.deleting(c) and c not in foreign]
+    p.current = next((c for c in live if attempt_of(c) == p.attempt), None)
+    pods = [pod for pod in p.obs.pods if _controller_uid(pod) not in foreign_uids]
+    p.attempt_pods = [pod for pod in pods if attempt_of(pod) == p.attempt]
+    for child in live:
         number = attempt_of(child)
-        if number is not None and number != attempt:
-            p.delete_attempt(number)  # an earlier attempt left behind (a pass died between steps)
+        if number is not None and number != p.attempt:
+            p.delete_attempt(number)
 
-    state = st.get("state")
-    # -- finished: no pod keeps running; TTL ----------------------------------------------------
-    if state in TERMINAL:
-        if current is not None and any(podinfo.active(pod) for pod in attempt_pods):
-            p.delete_attempt(attempt)
-        ttl = check_ttl(parse_time(st.get("completionTime")), now, policy.ttl_seconds_after_finished)
-        p.plan.delete_self = ttl.delete_now
-        p.plan.requeue(None if ttl.delete_now else ttl.seconds_left)
-        return p.plan
 
-    # -- inputs: wait for upstreams, then freeze what was consumed ------------------------------
-    if attempt == 0:
-        verdict = resolve_inputs(
-            job, observed.upstreams, chain=chain_problems(job, observed.graph), uri_checks=observed.uri_checks
-        )
-        if not verdict.ready:
-            st["state"] = "Waiting"
-            p.condition("InputsReady", "False", verdict.reason, verdict.message)
-            if verdict.reason == "InputManifestMissing":
-                p.plan.requeue(URI_RECHECK_SECONDS)  # nothing watches a bucket: look again
-            return p.plan
-        p.condition("InputsReady", "True", verdict.reason, verdict.message)
-        st["inputs"] = verdict.records
-        finished = [t for t in map(parse_time, verdict.upstream_completed) if t is not None]
-        if finished:
-            p.plan.handoff_from = max(finished)
+# -- 2. finished: no pod keeps running; TTL ------------------------------------------------------
 
-    # -- suspend / resume -----------------------------------------------------------------------
-    action = suspend_action(policy.suspend, state == "Suspended", finished=False)
-    if action in ("suspend", "stay-suspended"):
-        if current is not None:
-            p.delete_attempt(attempt)
-        st["state"] = "Suspended"
-        st["replicas"] = _replicas([])
-        p.condition("Suspended", "True", "Suspended", "pods deleted, status kept; set spec.runPolicy.suspend: false")
-        if find_condition(st["conditions"], "Running") is not None:
-            p.condition("Running", "False", "Suspended", "the job is suspended", quiet=True)
-        return p.plan
-    if action == "resume" or attempt == 0:
-        if action == "resume":
-            p.condition(
-                "Suspended", "False", "Resumed", f"resumed as attempt {attempt + 1}, from the latest checkpoint"
-            )
-        attempt += 1
-        st["attempt"] = attempt
-        st["startTime"] = p.now
-        st["state"] = "Created"
-        p.apply_attempt(attempt)
-        p.condition("Created", "True", "AttemptCreated", f"attempt {attempt}: Job {child_name(job, attempt)}")
-        p.condition("Running", "False", "PodsStarting", f"attempt {attempt} created", quiet=True)
-        st["replicas"] = _replicas([])
-        p.plan.requeue(float(policy.startup_deadline_seconds))
-        return p.plan
 
-    # -- activeDeadlineSeconds over all attempts ------------------------------------------------
-    deadline = check_active_deadline(parse_time(st.get("startTime")), now, policy.active_deadline_seconds)
+def _settle_finished(p: _Pass) -> bool:
+    if p.state_before not in TERMINAL:
+        return False
+    if p.current is not None and any(podinfo.active(pod) for pod in p.attempt_pods):
+        p.delete_attempt(p.attempt)
+    ttl = check_ttl(parse_time(p.status.get("completionTime")), p.obs.now, p.policy.ttl_seconds_after_finished)
+    p.plan.delete_self = ttl.delete_now
+    p.plan.requeue(None if ttl.delete_now else ttl.seconds_left)
+    return True
+
+
+# -- 3. preflight, then inputs: wait for upstreams, then freeze what was consumed ----------------
+
+
+_SPEC_PARTS = ("apiVersion", "kind", "metadata", "spec")  # what parse_job reads of an upstream (not its status)
+
+
+def _preflight(p: _Pass) -> bool:
+    if p.attempt != 0:
+        return False  # checked before the first attempt; the spec is immutable since
+    upstreams = []
+    for body in p.obs.graph:
+        try:
+            upstreams.append(parse_job({k: v for k, v in body.items() if k in _SPEC_PARTS}))
+        except InvalidManifest:
+            continue  # that job reports its own problem
+    problems = preflight_problems(
+        p.job,
+        labels=p.meta.get("labels") or {},
+        annotations=p.meta.get("annotations") or {},
+        policy=StorePolicy(p.settings.store, p.settings.allowed_uri_prefixes),
+        upstreams=upstreams,
+    )
+    if not problems:
+        return False
+    p.finish("Failed", "InvalidSpec", "; ".join(map(str, problems)) + " (no pod was started)")
+    return True
+
+
+def _wait_for_inputs(p: _Pass) -> bool:
+    if p.attempt != 0:
+        return False  # frozen when the first attempt started
+    obs = p.obs
+    verdict = resolve_inputs(p.job, obs.upstreams, chain=chain_problems(p.job, obs.graph), uri_checks=obs.uri_checks)
+    if not verdict.ready:
+        p.status["state"] = "Waiting"
+        p.condition("InputsReady", "False", verdict.reason, verdict.message)
+        if verdict.reason == "InputManifestMissing":
+            p.plan.requeue(URI_RECHECK_SECONDS)  # nothing watches a bucket: look again
+        return True
+    p.condition("InputsReady", "True", verdict.reason, verdict.message)
+    p.status["inputs"] = verdict.records
+    gate = check_gate(p.job, obs.upstreams)
+    if gate is not None and not gate.passed:
+        p.finish("Failed", "GateFailed", gate.message + " (no pod was started)")
+        return True
+    if gate is not None:
+        p.plan.events.append(("Normal", "GatePassed", gate.message))
+    finished = [t for t in map(parse_time, verdict.upstream_completed) if t is not None]
+    if finished:
+        p.plan.handoff_from = max(finished)
+    return False
+
+
+# -- 4. suspend, resume, and the first attempt ---------------------------------------------------
+
+
+def _hold_suspended(p: _Pass) -> bool:
+    """Suspended: the attempt's children are deleted, status (attempt, restarts) is kept."""
+    if p.suspend_action() not in ("suspend", "stay-suspended"):
+        return False
+    if p.current is not None:
+        p.delete_attempt(p.attempt)
+    p.status["state"] = "Suspended"
+    p.status["replicas"] = _replicas([])
+    p.condition("Suspended", "True", "Suspended", "pods deleted, status kept; set spec.runPolicy.suspend: false")
+    if find_condition(p.status["conditions"], "Running") is not None:
+        p.condition("Running", "False", "Suspended", "the job is suspended", quiet=True)
+    return True
+
+
+def _start_attempt(p: _Pass) -> bool:
+    """The first attempt, or a resume: a new attempt whose clock (status.startTime) starts now."""
+    resume = p.suspend_action() == "resume"
+    if not resume and p.attempt != 0:
+        return False
+    if resume:
+        p.condition("Suspended", "False", "Resumed", f"resumed as attempt {p.attempt + 1}, from the latest checkpoint")
+    p.status["startTime"] = p.now
+    attempt = p.next_attempt("Created")
+    p.condition("Created", "True", "AttemptCreated", f"attempt {attempt}: Job {child_name(p.job, attempt)}")
+    p.condition("Running", "False", "PodsStarting", f"attempt {attempt} created", quiet=True)
+    return True
+
+
+# -- 5. activeDeadlineSeconds over all attempts --------------------------------------------------
+
+
+def _enforce_deadline(p: _Pass) -> bool:
+    deadline = check_active_deadline(parse_time(p.status.get("startTime")), p.obs.now, p.policy.active_deadline_seconds)
     if deadline.exceeded:
-        p.delete_attempt(attempt)
+        p.delete_attempt(p.attempt)
         p.finish("Failed", "DeadlineExceeded", deadline.message)
-        return p.plan
+        return True
     p.plan.requeue(deadline.seconds_left)
+    return False
 
-    # -- the current attempt --------------------------------------------------------------------
-    if current is None:
-        p.apply_attempt(attempt)  # lost or never made it: create it again (same name, same inputs)
-    st["replicas"] = _replicas(attempt_pods)
-    outcome = classify_attempt(current, attempt_pods, nodes)
+
+# -- 6. the current attempt ----------------------------------------------------------------------
+
+
+def _follow_attempt(p: _Pass) -> bool:
+    if p.current is None:
+        p.apply_attempt(p.attempt)  # lost or never made it: create it again (same name, same inputs)
+    p.status["replicas"] = _replicas(p.attempt_pods)
+    outcome = classify_attempt(p.current, p.attempt_pods, p.nodes)
     if outcome.state == "succeeded":
-        st["output"] = output_from_pods(output_uri(settings.store, job), attempt_pods)
-        if done := final_progress(st["output"], p.now):
-            st["progress"] = done
-        p.finish("Succeeded", "Completed", f"attempt {attempt} completed; output {st['output']['uri']}")
-        p.plan.requeue(float(policy.ttl_seconds_after_finished) if policy.ttl_seconds_after_finished else None)
-        return p.plan
-    decision = decide_restart(outcome, int(st.get("restarts") or 0), policy.backoff_limit)
-    startup = check_startup(attempt_pods, nodes, _attempt_started(current, now), now, policy.startup_deadline_seconds)
-    if decision is None and not startup.started and is_true(st["conditions"], "Running"):
-        decision = gang_broken(attempt, startup.waiting.message if startup.waiting else "pods missing")
+        _succeed(p)
+        return True
+    started_at = _attempt_started(p.current, p.obs.now)
+    startup = check_startup(p.attempt_pods, p.nodes, started_at, p.obs.now, p.policy.startup_deadline)
+    decision = _restart_decision(p, outcome, startup)
     if decision is not None and decision.action == "fail":
-        if any(podinfo.active(pod) for pod in attempt_pods):
-            p.delete_attempt(attempt)
+        if any(podinfo.active(pod) for pod in p.attempt_pods):
+            p.delete_attempt(p.attempt)
         p.finish("Failed", decision.reason, decision.message)
-        return p.plan
-    if decision is not None:  # restart the whole gang as attempt N+1
-        p.delete_attempt(attempt)
-        if decision.counted:
-            st["restarts"] = int(st.get("restarts") or 0) + 1
-        else:
-            st["evictions"] = int(st.get("evictions") or 0) + 1
-        attempt += 1
-        st["attempt"] = attempt
-        st["state"] = "Restarting"
-        st["replicas"] = _replicas([])
-        p.apply_attempt(attempt)
-        p.condition("Restarting", "True", decision.reason, f"attempt {attempt - 1}: {decision.message}")
-        p.condition("Running", "False", "Restarting", f"starting attempt {attempt}", quiet=True)
-        p.plan.restart_reason = decision.reason
-        p.plan.requeue(float(policy.startup_deadline_seconds))
-        return p.plan
-
-    if startup.exceeded is not None:
-        p.delete_attempt(attempt)
+    elif decision is not None:
+        _restart(p, decision)
+    elif startup.exceeded is not None:
+        p.delete_attempt(p.attempt)
         p.finish("Failed", startup.exceeded.reason, startup.exceeded.message)
-        return p.plan
-    if startup.started:
-        st["state"] = "Running"
-        was_running = is_true(st["conditions"], "Running")
-        p.condition("Running", "True", "AllPodsRunning", f"attempt {attempt}: all {nodes} pods running")
-        if is_true(st["conditions"], "Restarting"):
-            p.condition("Restarting", "False", "Recovered", f"attempt {attempt} is running")
-        if not was_running and current is not None:
-            started = parse_time((current.get("metadata") or {}).get("creationTimestamp"))
-            if started is not None:
-                p.plan.gang_started_after = max(0.0, (now - started).total_seconds())
-        if observed.progress is not None:
-            st["progress"] = observed.progress
-        p.plan.requeue(PROGRESS_INTERVAL)
-        return p.plan
-    st["state"] = "Restarting" if is_true(st["conditions"], "Restarting") else "Created"
-    queue = (observed.body.get("metadata") or {}).get("labels", {}).get(KUEUE_QUEUE_LABEL)
-    if current is not None and (current.get("spec") or {}).get("suspend") and queue:
-        p.condition("Running", "False", "WaitingForAdmission", f"Job {child_name(job, attempt)} is queued in {queue}")
+    elif startup.started:
+        _mark_running(p)
+    else:
+        _mark_starting(p, startup)
+    return True
+
+
+def _succeed(p: _Pass) -> None:
+    """Succeeded, with status.output from rank 0's result; the TTL clock starts."""
+    output = output_from_pods(output_uri(p.settings.store, p.job), p.attempt_pods)
+    p.status["output"] = output
+    if done := final_progress(output, p.now):
+        p.status["progress"] = done
+    p.finish("Succeeded", "Completed", f"attempt {p.attempt} completed; output {output['uri']}")
+    ttl = p.policy.ttl_seconds_after_finished
+    p.plan.requeue(float(ttl) if ttl else None)
+
+
+def _restart_decision(p: _Pass, outcome: AttemptOutcome, startup: StartupVerdict) -> RestartDecision | None:
+    """What the failed pods call for; else, a gang that was Running and lost a pod restarts."""
+    decision = decide_restart(outcome, int(p.status.get("restarts") or 0), p.policy.backoff_limit)
+    if decision is None and not startup.started and is_true(p.status["conditions"], "Running"):
+        return gang_broken(p.attempt, startup.waiting.message if startup.waiting else "pods missing")
+    return decision
+
+
+def _restart(p: _Pass, decision: RestartDecision) -> None:
+    """The whole gang restarts as attempt N+1; only a counted failure uses backoffLimit."""
+    p.delete_attempt(p.attempt)
+    counter = "restarts" if decision.counted else "evictions"
+    p.status[counter] = int(p.status.get(counter) or 0) + 1
+    attempt = p.next_attempt("Restarting")
+    p.condition("Restarting", "True", decision.reason, f"attempt {attempt - 1}: {decision.message}")
+    p.condition("Running", "False", "Restarting", f"starting attempt {attempt}", quiet=True)
+    p.plan.restart_reason = decision.reason
+
+
+def _mark_running(p: _Pass) -> None:
+    """Every pod Running: the gang is up; progress is scraped from rank 0 while it runs."""
+    p.status["state"] = "Running"
+    was_running = is_true(p.status["conditions"], "Running")
+    p.condition("Running", "True", "AllPodsRunning", f"attempt {p.attempt}: all {p.nodes} pods running")
+    if is_true(p.status["conditions"], "Restarting"):
+        p.condition("Restarting", "False", "Recovered", f"attempt {p.attempt} is running")
+    if not was_running and p.current is not None:
+        started = parse_time((p.current.get("metadata") or {}).get("creationTimestamp"))
+        if started is not None:
+            p.plan.gang_started_after = max(0.0, (p.obs.now - started).total_seconds())
+    if p.obs.progress is not None:
+        p.status["progress"] = p.obs.progress
+    p.plan.requeue(PROGRESS_INTERVAL)
+
+
+def _mark_starting(p: _Pass, startup: StartupVerdict) -> None:
+    """Not every pod Running yet: say why (queued in Kueue, unschedulable, pulling...)."""
+    p.status["state"] = "Restarting" if is_true(p.status["conditions"], "Restarting") else "Created"
+    queue = (p.meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+    if p.current is not None and (p.current.get("spec") or {}).get("suspend") and queue:
+        p.condition(
+            "Running", "False", "WaitingForAdmission", f"Job {child_name(p.job, p.attempt)} is queued in {queue}"
+        )
     elif startup.waiting is not None:
         p.condition("Running", "False", startup.waiting.reason, startup.waiting.message)
     p.plan.requeue(startup.seconds_left)
+
+
+# The steps after _sort_children, in order; the first that returns True settles the pass.
+_STEPS: tuple[Callable[[_Pass], bool], ...] = (
+    _settle_finished,
+    _preflight,
+    _wait_for_inputs,
+    _hold_suspended,
+    _start_attempt,
+    _enforce_deadline,
+    _follow_attempt,
+)
+
+
+def decide(job: Job, observed: Observed, settings: RenderSettings) -> Plan:
+    """One reconcile pass, pure. Returns what to change; Reconciler does it."""
+    p = _Pass(job, observed, settings)
+    _sort_children(p)
+    for step in _STEPS:
+        if step(p):
+            break
     return p.plan

@@ -8,6 +8,9 @@ handlers. Our own prefixes are configured anyway, so nothing kopf might write sa
 
 Owned batch Jobs and pods are watched with a server-side label selector (forgeline.io/job), so
 the operator never receives the rest of the cluster's pods.
+
+Every replica runs kopf, leader or standby (leader.py says why); kopf's liveness endpoint says
+whether the process is alive, not whether it leads (its `leader` probe reports that).
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ def build_registry(controller: Controller, *, max_workers: int = 8) -> kopf.Oper
     @kopf.on.probe(id="queued", registry=registry)
     def queued(**_: Any) -> int:
         return len(controller.queue)
+
+    @kopf.on.probe(id="leader", registry=registry)
+    def leader(**_: Any) -> bool:
+        return controller.leading()
 
     for cls in KINDS.values():
 

@@ -42,6 +42,8 @@ def parse_progress(text: str, now: datetime, previous: tuple[float, float] | Non
         progress["summary"] = f"step {step}"
     if "forgeline_train_loss" in values:
         progress["loss"] = round(values["forgeline_train_loss"], 6)
+    if "forgeline_eval_loss" in values:
+        progress["evalLoss"] = round(values["forgeline_eval_loss"], 6)
     tokens = values.get("forgeline_train_tokens_total", 0.0)
     clock = time.monotonic()
     if previous is not None and clock > previous[1] and tokens >= previous[0]:

@@ -22,6 +22,7 @@ from forgeline.api.validate import InvalidManifest, parse_job
 from forgeline.operator.conditions import set_condition
 from forgeline.operator.decide import (
     PROGRESS_INTERVAL,
+    TERMINAL,
     Obj,
     Observed,
     Plan,
@@ -40,6 +41,7 @@ from forgeline.operator.render import (
 )
 
 MAX_CHAIN = 64  # upstream jobs walked for chain checks; pipelines are a handful deep
+MAX_MESSAGE = 4096  # characters of a Failed condition's message (an exception can say a lot)
 
 
 class ClusterPort(Protocol):
@@ -66,8 +68,12 @@ class Reconciler:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_plan: Callable[[str, Obj, Plan], None] | None = None,
         check_uri: Callable[[str], UriCheck] | None = None,
+        on_finished: Callable[[str, str], None] | None = None,
     ) -> None:
         self.port = port
+        # Called with (kind, Succeeded|Failed) once per job: on the status write, by this process,
+        # that first made it terminal (a restarted operator reads it terminal and counts nothing).
+        self.on_finished = on_finished
         self.check_uri = check_uri  # artifacts.StoreProbe when the operator may read the store
         self.settings = settings
         self.clock = clock
@@ -84,6 +90,9 @@ class Reconciler:
             job = parse_job(body)
         except InvalidManifest as exc:  # the CRD schema should make this unreachable
             self._write_invalid(kind, body, str(exc))
+            return None
+        except Exception as exc:  # any object, however odd, ends in a condition, never a crash loop
+            self._write_invalid(kind, body, f"the operator cannot read this object: {type(exc).__name__}: {exc}")
             return None
         status = body.get("status") or {}
         selector = job_labels(job)
@@ -107,9 +116,17 @@ class Reconciler:
         now = self.clock()
         progress = self._progress((kind, namespace, name), status, pods, now)
         observed = Observed(body, children, pods, upstreams, now, progress, graph=graph, uri_checks=uri_checks)
-        plan = decide(job, observed, self.settings)
+        try:
+            plan = decide(job, observed, self.settings)
+        except Exception as exc:  # decide and render are pure: the same object fails the same way
+            # again, so retrying cannot help; say so on the object and leave every other job alone.
+            self._write_invalid(
+                kind, body, f"the operator cannot render this job: {type(exc).__name__}: {exc}", reason="RenderFailed"
+            )
+            return None
         if plan.status != status:
             self.port.patch_status(kind, namespace, name, plan.status, str(body["metadata"].get("resourceVersion", "")))
+            self._finished(kind, status, plan.status)
         for api_version, child_kind, child in plan.delete:
             self.port.delete(api_version, child_kind, namespace, child)
         for obj in plan.apply:
@@ -124,6 +141,11 @@ class Reconciler:
         if self.on_plan is not None:
             self.on_plan(kind, status, plan)
         return plan.requeue_after
+
+    def _finished(self, kind: str, old: Obj, new: Obj) -> None:
+        """After a status write that succeeded (a 409 raised before): terminal for the first time?"""
+        if self.on_finished is not None and old.get("state") not in TERMINAL and new.get("state") in TERMINAL:
+            self.on_finished(kind, str(new["state"]))
 
     def _upstream_graph(self, own: JobKey, namespace: str, direct: list[Obj]) -> list[Obj]:
         """Every job reachable upstream (bounded), so a cycle through this job can be named."""
@@ -173,13 +195,24 @@ class Reconciler:
         self._scraped[key] = (time.monotonic(), sample)
         return progress
 
-    def _write_invalid(self, kind: str, body: Obj, message: str) -> None:
+    def _write_invalid(self, kind: str, body: Obj, message: str, reason: str = "InvalidSpec") -> None:
+        """Failed, with the cause; nothing else of a status we may not be able to read is kept."""
         meta = body["metadata"]
-        status = copy.deepcopy(body.get("status") or {})
-        conditions, _ = set_condition(
-            status.get("conditions") or [], "Failed", "True", "InvalidSpec", message, now=rfc3339(self.clock())
-        )
-        new = {**status, "state": "Failed", "conditions": conditions}
+        status = body.get("status")
+        status = copy.deepcopy(status) if isinstance(status, dict) else {}
+        old = status.get("conditions")
+        old = [c for c in old if isinstance(c, dict)] if isinstance(old, list) else []
+        message = message[:MAX_MESSAGE]
+        now = rfc3339(self.clock())
+        conditions, _ = set_condition(old, "Failed", "True", reason, message, now=now)
+        # completionTime: Failed is finished, so ttlSecondsAfterFinished applies from here.
+        new = {
+            **status,
+            "state": "Failed",
+            "conditions": conditions,
+            "completionTime": status.get("completionTime") or now,
+        }
         if new != (body.get("status") or {}):
             self.port.patch_status(kind, meta.get("namespace", "default"), meta["name"], new, meta["resourceVersion"])
-            self.port.event(body, "Warning", "InvalidSpec", message)
+            self._finished(kind, status, new)
+            self.port.event(body, "Warning", reason, message)

@@ -10,6 +10,13 @@ An attempt is three objects, all owned by the job object and all named `<job>-<s
   and ignores disruptions, which the operator turns into a whole-gang restart that costs no
   retry budget (policies/restart.py).
 
+Where the cluster serves the in-tree gang scheduling API (scheduling.k8s.io/v1alpha2, KEP-4671;
+`RenderSettings.gang_scheduling`, read from discovery at operator start) an attempt has a fourth
+object of the same name: a PodGroup with a gang policy, minCount = nodes, which every pod joins
+(spec.schedulingGroup.podGroupName). The scheduler then binds none of the attempt's pods until all
+of them fit, so two gangs never hold half of the cluster each. It is applied before the Job (a pod
+whose group does not exist yet waits for it) and deleted with the attempt.
+
 The stage name is part of the child name because a PretrainJob and a LoRAJob may share a name in
 one namespace. A new attempt is a new name, so a restarted gang never meets a stale peer, DNS
 record or rendezvous (PET_RDZV_ID changes too). Nothing here talks to a cluster; reconcile applies
@@ -23,7 +30,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from forgeline.api import torchrun
 from forgeline.api.kinds import API_VERSION, Job
+from forgeline.api.semantics import managed_key
 from forgeline.api.stageconfig import ResolvedInput, build_stage_config, output_uri
 from forgeline.jobs.errors import PERMANENT_EXIT_CODES
 
@@ -36,27 +45,35 @@ LABEL_ATTEMPT = "forgeline.io/attempt"
 LABEL_RANK = "batch.kubernetes.io/job-completion-index"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_RESOURCE = "nvidia.com/gpu"
+POD_GROUP_API_VERSION = "scheduling.k8s.io/v1alpha2"
 
 CONTAINER = "trainer"
 CONFIG_DIR = "/etc/forgeline"
 CONFIG_FILE = "stage.json"
 TERMINATION_PATH = "/dev/termination-log"
-MASTER_PORT = 29500
+MASTER_PORT = torchrun.MASTER_PORT
+SCRATCH_MOUNT = "/tmp"  # the only writable path besides /dev/shm (an emptyDir)
+# The user and group training pods run as (the trainer image's user; restricted Pod Security).
+RUN_AS_USER = 1000
 
-# Metadata of the job object that must not reach the pods: kubectl's bookkeeping, ours, kopf's.
+# Metadata of the job object that must not reach the pods: kubectl's bookkeeping, ours, kopf's,
+# and the keys Kubernetes sets on a Job's pods itself (a user value there would make the API server
+# refuse the Job, or worse, let the pods be taken for another Job's): preflight fails a job that sets
+# these (api/semantics.py says why), and render never copies them, whatever reaches it.
 _PRIVATE_PREFIXES = ("kubectl.kubernetes.io/", "forgeline.io/", "operator.forgeline.io/", "kopf.zalando.org/")
 
-# Sensible for multi-node NCCL; a user env var of the same name wins.
-NCCL_DEFAULTS: dict[str, str] = {
-    "NCCL_DEBUG": "WARN",
-    "NCCL_IB_TIMEOUT": "22",
-    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",  # a dead peer raises instead of hanging the gang
-    "TORCH_NCCL_DUMP_ON_TIMEOUT": "0",
-}
+NCCL_DEFAULTS = torchrun.NCCL_DEFAULTS
 PROCESS_DEFAULTS: dict[str, str] = {
     "PYTHONUNBUFFERED": "1",
     "HF_HUB_OFFLINE": "1",  # models come from the artifact store, never from the Hub
-    "HOME": "/tmp",  # the root filesystem is read-only
+    "PYTHONDONTWRITEBYTECODE": "1",  # site-packages is on the read-only root filesystem
+    # The root filesystem is read-only: everything the trainer, Hugging Face, torch and Triton write
+    # goes to the /tmp emptyDir (node-local scratch, gone with the pod).
+    "HOME": SCRATCH_MOUNT,
+    "XDG_CACHE_HOME": f"{SCRATCH_MOUNT}/.cache",
+    "HF_HOME": f"{SCRATCH_MOUNT}/.cache/huggingface",
+    "TRITON_CACHE_DIR": f"{SCRATCH_MOUNT}/.cache/triton",
+    "FORGELINE_SCRATCH": f"{SCRATCH_MOUNT}/forgeline-scratch",
 }
 
 
@@ -64,7 +81,7 @@ PROCESS_DEFAULTS: dict[str, str] = {
 class RenderSettings:
     """Operator-wide settings (flags of `forgeline operator`), the same for every job."""
 
-    image: str = "ghcr.io/forgeline/trainer:0.1.0"
+    image: str = torchrun.DEFAULT_TRAINER_IMAGE
     store: str = "s3://forgeline"
     metrics_port: int = 9400  # rank 0's metrics port (0: none) ...
     metrics_port_high: int = 0  # ... or, above it, the top of a range (shared network namespaces)
@@ -83,6 +100,12 @@ class RenderSettings:
     # spread over when gangs share a network namespace (hostNetwork pods for RDMA, the test
     # process node): each attempt then takes a port from the range, hashed from uid + attempt.
     rendezvous_ports: tuple[int, int] = (MASTER_PORT, MASTER_PORT)
+    # Store prefixes any namespace's jobs may read and write besides `<store>/<namespace>/`
+    # (`--allowed-uri-prefix`; policies/preflight.py): shared base models, a common scratch bucket.
+    allowed_uri_prefixes: tuple[str, ...] = ()
+    # The cluster serves scheduling.k8s.io/v1alpha2 PodGroups (discovery, once at operator start):
+    # each attempt is then placed as a gang, all of its pods or none.
+    gang_scheduling: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,7 +132,7 @@ def attempt_labels(job: Job, attempt: int) -> dict[str, str]:
 
 def passthrough(meta: dict[str, str]) -> dict[str, str]:
     """User labels/annotations copied to the children (Kueue's queue name, cost centres, ...)."""
-    return {k: v for k, v in meta.items() if not k.startswith(_PRIVATE_PREFIXES)}
+    return {k: v for k, v in meta.items() if not k.startswith(_PRIVATE_PREFIXES) and not managed_key(k)}
 
 
 def rdzv_id(uid: str, attempt: int) -> str:
@@ -201,29 +224,29 @@ def _env(job: Job, owner: Owner, attempt: int, settings: RenderSettings) -> list
     for var in res.env:
         entry: Obj = {"name": var.name}
         if var.value_from is not None:
-            entry["valueFrom"] = var.value_from
+            entry["valueFrom"] = var.value_from.wire()
         else:
             entry["value"] = var.value or ""
         env.append(entry)
     secret = job.spec.storage.credentials_secret or settings.credentials_secret
     if secret:
         # Credentials only ever arrive by reference: the secret's values never pass through us.
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        for key in torchrun.CREDENTIAL_ENV:
             if key not in user:
                 env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
-    # The torchrun contract (shared/DESIGN.md); validation rejects user variables of these names.
+    # The torchrun contract (api/torchrun.py); validation rejects user variables of these names.
     env += [
-        {"name": "PET_NNODES", "value": str(res.nodes)},
-        {"name": "PET_NPROC_PER_NODE", "value": str(res.procs)},
+        {"name": torchrun.PET_NNODES, "value": str(res.nodes)},
+        {"name": torchrun.PET_NPROC_PER_NODE, "value": str(res.procs)},
         {
-            "name": "PET_NODE_RANK",
+            "name": torchrun.PET_NODE_RANK,
             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{LABEL_RANK}']"}},
         },
-        {"name": "PET_MASTER_ADDR", "value": f"{name}-0.{name}"},
-        {"name": "PET_MASTER_PORT", "value": str(master_port(owner.uid, attempt, settings))},
-        {"name": "PET_RDZV_ID", "value": rdzv_id(owner.uid, attempt)},
+        {"name": torchrun.PET_MASTER_ADDR, "value": f"{name}-0.{name}"},
+        {"name": torchrun.PET_MASTER_PORT, "value": str(master_port(owner.uid, attempt, settings))},
+        {"name": torchrun.PET_RDZV_ID, "value": rdzv_id(owner.uid, attempt)},
         # Where rank 0 leaves its result for the operator: the container's terminationMessagePath.
-        {"name": "FORGELINE_TERMINATION_MESSAGE_PATH", "value": TERMINATION_PATH},
+        {"name": torchrun.FORGELINE_TERMINATION_MESSAGE_PATH, "value": TERMINATION_PATH},
     ]
     return env
 
@@ -270,7 +293,7 @@ def render_pod_template(job: Job, owner: Owner, attempt: int, settings: RenderSe
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
-            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "tmp", "mountPath": SCRATCH_MOUNT},
         ],
         "terminationMessagePath": TERMINATION_PATH,
         # The result summary on success; the log tail when a crash left no message.
@@ -280,6 +303,7 @@ def render_pod_template(job: Job, owner: Owner, attempt: int, settings: RenderSe
             "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
     if metrics_port := trainer_metrics_port(owner.uid, attempt, settings):
@@ -291,9 +315,9 @@ def render_pod_template(job: Job, owner: Owner, attempt: int, settings: RenderSe
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
@@ -307,18 +331,30 @@ def render_pod_template(job: Job, owner: Owner, attempt: int, settings: RenderSe
         spec["tolerations"] = tolerations
     if node_selector := {**settings.node_selector, **(res.node_selector or {})}:
         spec["nodeSelector"] = node_selector
-    if res.affinity:
-        spec["affinity"] = res.affinity
+    if res.affinity is not None and (affinity := res.affinity.wire()):
+        spec["affinity"] = affinity
     if res.priority_class_name:
         spec["priorityClassName"] = res.priority_class_name
     if res.scheduler_name:
         spec["schedulerName"] = res.scheduler_name
     if settings.service_account:
         spec["serviceAccountName"] = settings.service_account
+    if settings.gang_scheduling:
+        spec["schedulingGroup"] = {"podGroupName": name}
     metadata: Obj = {"labels": {**passthrough(owner.labels), **attempt_labels(job, attempt)}}
     if annotations := passthrough(owner.annotations):
         metadata["annotations"] = annotations
     return {"metadata": metadata, "spec": spec}
+
+
+def render_pod_group(job: Job, owner: Owner, attempt: int) -> Obj:
+    """The attempt's gang: the scheduler binds none of its pods until all `nodes` of them fit."""
+    return {
+        "apiVersion": POD_GROUP_API_VERSION,
+        "kind": "PodGroup",
+        "metadata": _metadata(job, owner, attempt),
+        "spec": {"schedulingPolicy": {"gang": {"minCount": job.spec.resources.nodes}}},
+    }
 
 
 def render_job(job: Job, owner: Owner, attempt: int, settings: RenderSettings) -> Obj:
@@ -357,9 +393,9 @@ def render_job(job: Job, owner: Owner, attempt: int, settings: RenderSettings) -
 def render_attempt(
     job: Job, owner: Owner, attempt: int, inputs: dict[str, ResolvedInput], settings: RenderSettings
 ) -> list[Obj]:
-    """Every object of one attempt, in the order to apply them (the Job last: its pods need both)."""
-    return [
-        render_config_map(job, owner, attempt, inputs, settings),
-        render_service(job, owner, attempt, settings),
-        render_job(job, owner, attempt, settings),
-    ]
+    """Every object of one attempt, in the order to apply them (the Job last: its pods need the rest)."""
+    objs = [render_config_map(job, owner, attempt, inputs, settings), render_service(job, owner, attempt, settings)]
+    if settings.gang_scheduling:
+        objs.append(render_pod_group(job, owner, attempt))
+    objs.append(render_job(job, owner, attempt, settings))
+    return objs

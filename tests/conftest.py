@@ -2,7 +2,8 @@
 
 Each starts on first use and stops at the end of the session, also when tests fail:
 ``cluster`` (control plane + kwok GPU nodes + the process node), ``s3`` (seaweedfs with access
-keys enforced) and ``prometheus`` (Debian's Prometheus; ``prometheus.promtool`` for rules).
+keys enforced), ``kueue`` (Kueue's manager from its Go module, with a GPU ClusterQueue; see
+testbed/kueue.py) and ``prometheus`` (Debian's Prometheus; ``prometheus.promtool`` for rules).
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ def cluster() -> Iterator[object]:
         else:
             os.environ["KUBECONFIG"] = old
         c.stop()
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from testbed.kueue import start_kueue
+
+    manager = start_kueue(cluster, tmp_path_factory.mktemp("kueue"))
+    try:
+        yield manager
+    finally:
+        manager.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,5 +9,5 @@ suspend    suspend deletes the pods and keeps status; resume starts a new attemp
 ttl        ttlSecondsAfterFinished deletes the job object
 output     status.output (URI, digest, final metrics) from rank 0's termination message
 
-reconcile.py strings them together; none of them talks to a cluster.
+decide.py strings them together, in named steps; none of them talks to a cluster.
 """

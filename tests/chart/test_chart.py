@@ -77,8 +77,9 @@ def test_chart_lints_strictly(values: list[Path]) -> None:
 def test_default_render_has_the_operator_and_no_monitors_without_the_api(default: list[Obj]) -> None:
     kinds = sorted({o["kind"] for o in default})
     assert kinds == [
-        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition", "Deployment", "Service",
-        "ServiceAccount",
+        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition", "Deployment",
+        "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     ]  # fmt: skip
     assert not MONITORING_KINDS & set(kinds), "monitors need the monitoring.coreos.com API or monitoring.force"
 
@@ -164,6 +165,9 @@ def test_full_values_operator_flags_are_ones_the_operator_accepts(full: list[Obj
         ("monitoring.prometheusRule.disabled[0]=NoSuchAlert", "/monitoring/prometheusRule/disabled/0"),
         ("monitoring.serviceMonitor.interval=soon", "/monitoring/serviceMonitor/interval"),
         ("crds.instal=true", "additional properties 'instal' not allowed"),
+        ("replicaCount=0", "/replicaCount"),
+        ("podAntiAffinity=sometimes", "/podAntiAffinity"),
+        ("leaderElection.retryPeriodSeconds=0", "/leaderElection/retryPeriodSeconds"),
     ],
 )
 def test_schema_rejects_a_bad_value_and_names_it(setting: str, complaint: str) -> None:
@@ -259,7 +263,7 @@ def test_rbac_covers_every_resource_the_operator_client_touches(default: list[Ob
     from forgeline.operator import client
 
     rules = rules_of(default, "ClusterRole")
-    groups = {"/api/v1": "", "/apis/batch/v1": "batch"}
+    groups = {"/api/v1": "", "/apis/batch/v1": "batch", "/apis/scheduling.k8s.io/v1alpha2": "scheduling.k8s.io"}
     for kind, (prefix, plural) in client._BUILTIN.items():
         group = groups[prefix]
         if kind == "Event":
@@ -279,9 +283,10 @@ def test_rbac_covers_every_resource_the_operator_client_touches(default: list[Ob
 
 
 def test_namespaced_mode_uses_roles_and_keeps_only_crd_reads_cluster_wide(full: list[Obj]) -> None:
-    roles = find(full, "Role")
+    roles = [r for r in find(full, "Role") if r["metadata"]["name"] == "forgeline-full"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in find(full, "RoleBinding")) == ["team-a", "team-b"]
+    bindings = [b for b in find(full, "RoleBinding") if b["metadata"]["name"] == "forgeline-full"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     cluster_rules = rules_of(full, "ClusterRole")
     assert cluster_rules == [
         {
@@ -298,10 +303,14 @@ def test_namespaced_mode_uses_roles_and_keeps_only_crd_reads_cluster_wide(full: 
 
 # -- the Deployment ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("values", [[], [FULL_VALUES]], ids=["default", "full"])
-def test_deployment_is_one_replica_recreate_and_pod_security_restricted(values: list[Path]) -> None:
+def test_deployment_is_two_leader_elected_replicas_rolling_and_pod_security_restricted(values: list[Path]) -> None:
     deployment = one(render(values=values), "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "two kopf operators must never overlap"
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    assert "--leader-elect" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -319,6 +328,134 @@ def test_deployment_is_one_replica_recreate_and_pod_security_restricted(values: 
         assert probe == {"path": "/healthz", "port": "liveness"}
         liveness = {p["name"]: p["containerPort"] for p in container["ports"]}["liveness"]
         assert flags(container)["--liveness"] == [f"http://0.0.0.0:{liveness}/healthz"]
+
+
+def test_without_leader_election_the_operator_is_one_replica_recreated() -> None:
+    objects = render(set_values={"leaderElection.enabled": False, "replicaCount": 1})
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "two unelected operators must never overlap"
+    assert not any(a.startswith("--leader") for a in operator_container(objects)["args"])
+    assert not find(objects, "PodDisruptionBudget"), "minAvailable 1 of 1 would block every drain"
+    assert not find(objects, "Role")
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"leaderElection.enabled": False}, "replicaCount 2 needs leaderElection.enabled"),
+        ({"leaderElection.renewDeadlineSeconds": 15}, "leaseDurationSeconds must be more than renewDeadlineSeconds"),
+        ({"leaderElection.retryPeriodSeconds": 9}, "renewDeadlineSeconds must be more than 1.2 x retryPeriodSeconds"),
+    ],
+)
+def test_chart_refuses_two_writers_and_lease_timings_out_of_order(settings: dict[str, Any], complaint: str) -> None:
+    res = helm(*template_args(set_values=settings), check=False)
+    assert res.returncode != 0 and complaint in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("values", [[], [FULL_VALUES]], ids=["default", "full"])
+def test_leader_election_flags_reach_the_operator_and_pass_its_checks(values: list[Path]) -> None:
+    from forgeline.cli.main import build_parser
+    from forgeline.operator.leader import LeaseSettings
+
+    objects = render(values=values, namespace="forgeline")
+    args = build_parser().parse_args(["operator", *operator_container(objects)["args"]])
+    assert args.leader_elect is True
+    assert args.leader_election_namespace == "forgeline", "the lease lives in the release namespace"
+    (role,) = [r for r in find(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    assert [args.leader_election_id] == role["rules"][1]["resourceNames"], "RBAC names the lease the operator uses"
+    assert (args.lease_duration, args.renew_deadline, args.retry_period) == (15, 10, 2)
+    LeaseSettings(
+        namespace=args.leader_election_namespace,
+        name=args.leader_election_id,
+        identity="pod",
+        lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
+    )
+
+
+@pytest.mark.parametrize("values", [[], [FULL_VALUES]], ids=["default", "full"])
+def test_lease_rbac_is_one_namespaced_role_for_the_one_lease(values: list[Path]) -> None:
+    objects = render(values=values, namespace="forgeline")
+    assert not grants(rules_of(objects, "ClusterRole"), "coordination.k8s.io", "leases", "get"), (
+        "no cluster-wide leases"
+    )
+    lease_roles = [r for r in find(objects, "Role") if any("leases" in rule["resources"] for rule in r["rules"])]
+    (role,) = lease_roles
+    assert role["metadata"]["namespace"] == "forgeline"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [role["rules"][1]["resourceNames"][0]],
+            "verbs": ["get", "update"],
+        },
+    ]
+    (binding,) = [b for b in find(objects, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    assert binding["metadata"]["namespace"] == "forgeline"
+    sa = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": "forgeline"}]
+
+
+def test_pod_disruption_budget_keeps_one_replica_of_the_operator(default: list[Obj]) -> None:
+    pdb = one(default, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    labels = one(default, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert not find(render(set_values={"podDisruptionBudget.enabled": False}), "PodDisruptionBudget")
+    assert not find(render(set_values={"replicaCount": 1}), "PodDisruptionBudget")
+
+
+def test_replicas_spread_over_nodes_softly_by_default_hard_on_request(default: list[Obj]) -> None:
+    deployment = one(default, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (term,) = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
+    hard = one(render(set_values={"podAntiAffinity": "hard"}), "Deployment")["spec"]["template"]["spec"]
+    (required,) = hard["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required["topologyKey"] == "kubernetes.io/hostname"
+    none = one(render(set_values={"podAntiAffinity": "none"}), "Deployment")["spec"]["template"]["spec"]
+    assert "affinity" not in none
+    full = one(render(values=[FULL_VALUES]), "Deployment")["spec"]["template"]["spec"]
+    assert list(full["affinity"]) == ["nodeAffinity"], "an explicit affinity replaces the preset"
+
+
+def test_readiness_probe_asks_the_operator_for_readyz_on_its_metrics_port(default: list[Obj]) -> None:
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry
+
+    from forgeline.operator.metrics import OperatorMetrics
+
+    container = operator_container(default)
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe == {"path": "/readyz", "port": "metrics"}
+    metrics = OperatorMetrics(CollectorRegistry())
+    states = {"ready": True, "leading": False}
+    server = metrics.serve(0, "127.0.0.1", ready=lambda: states["ready"], leading=lambda: states["leading"])
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+
+        def status(path: str) -> int:
+            try:
+                with urllib.request.urlopen(base + path, timeout=5) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert (status("/readyz"), status("/leader")) == (200, 503), "a following standby is ready, not leading"
+        states.update(ready=False)
+        assert status("/readyz") == 503
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            assert "forgeline_operator_leader" in r.read().decode()
+    finally:
+        server.shutdown()
 
 
 def test_the_metrics_service_selects_the_operator_pod_and_port(monitored: list[Obj]) -> None:

@@ -28,6 +28,8 @@ from testbed import procs
 from testbed.kube import EXIT_CODE_ANNOTATION, ON_PROCESS_NODE, OUTCOME_LABEL, new_namespace, wait_for
 from testbed.operator import OperatorProcess, pretrain_manifest
 
+from forgeline.api.kinds import KINDS
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 RELEASE = "forgeline"
@@ -186,7 +188,7 @@ def test_helm_upgrade_changes_an_alert_threshold_in_place(cluster: Any, installe
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "ForgelineJobNoProgress"]
     assert exprs and exprs[0].endswith("> 1200")
     crds = json.loads(cluster.kubectl("get", "crd", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "json").stdout)
-    assert len(crds["items"]) == 4
+    assert len(crds["items"]) == len(KINDS)
 
 
 def test_full_values_pass_server_side_validation(cluster: Any, installed: Install, tmp_path: Path) -> None:
@@ -323,6 +325,38 @@ def test_chart_service_account_is_refused_what_the_chart_does_not_grant(
     assert [g for g in granted if not can_i(api, *g)] == []
 
 
+def test_chart_service_account_holds_the_lease_in_its_own_namespace_only(
+    cluster: Any, installed: Install, chart_operator: ChartOperator
+) -> None:
+    """The chart's flags and its lease Role, through the API server's RBAC: the operator takes the
+    Lease the Deployment names, in the release namespace, and may touch no lease elsewhere."""
+    from kubernetes import client
+
+    args = one(installed.objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    lease_name = next(a.split("=", 1)[1] for a in args if a.startswith("--leader-election-id="))
+    leases: Any = client.CoordinationV1Api(cluster.client)
+    lease = wait_for(
+        lambda: leases.read_namespaced_lease(lease_name, NAMESPACE).spec.holder_identity,
+        timeout=30,
+        what=f"the chart operator to hold lease {NAMESPACE}/{lease_name}",
+    )
+    with urllib.request.urlopen(f"http://127.0.0.1:{chart_operator.metrics_port}/leader", timeout=5) as r:
+        assert r.status == 200, "the only replica leads"
+    assert lease.startswith(os.uname().nodename)
+    api = service_account_client(cluster, chart_operator.token)
+    refused = [
+        ("get", "leases", "coordination.k8s.io", "default"),
+        ("create", "leases", "coordination.k8s.io", "default"),
+        ("update", "leases", "coordination.k8s.io", "kube-system"),
+        ("delete", "leases", "coordination.k8s.io", NAMESPACE),
+        ("list", "leases", "coordination.k8s.io", NAMESPACE),
+    ]
+    assert [r for r in refused if can_i(api, *r)] == []
+    with pytest.raises(client.ApiException) as denied:
+        client.CoordinationV1Api(api).read_namespaced_lease("some-other-lease", NAMESPACE)
+    assert denied.value.status == 403, "get is limited to the chart's lease by resourceNames"
+
+
 @pytest.fixture
 def namespace(cluster: Any) -> Iterator[str]:
     from kubernetes import client
@@ -433,6 +467,10 @@ def test_chart_service_account_is_enough_for_a_whole_job_lifecycle(
     assert value("forgeline_operator_gang_startup_seconds_count", kind="PretrainJob") >= 1
     assert value("forgeline_operator_reconcile_total", kind="PretrainJob", result="success") >= 1
     assert value("forgeline_operator_jobs", kind="PretrainJob", state="Succeeded") >= 2
+    # Counted once each, on the transition (ForgelineJobFailed takes increase() of the Failed one).
+    assert value("forgeline_jobs_finished_total", kind="PretrainJob", result="Succeeded") == 2
+    assert value("forgeline_jobs_finished_total", kind="LoRAJob", result="Succeeded") == 1
+    assert value("forgeline_jobs_finished_total", result="Failed") == 0
     forbidden = [line for line in chart_operator.log().splitlines() if re.search(r"[Ff]orbidden|: 403\b|\(403\)", line)]
     assert forbidden == [], "the operator was refused something it needs:\n" + "\n".join(forbidden[:20])
 

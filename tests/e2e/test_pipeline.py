@@ -1,6 +1,6 @@
 """The example pipeline end to end through the operator, with chaos on the way.
 
-`kubectl apply -f examples/pipeline.yaml` (the file as it is) on the test cluster: four stages,
+`kubectl apply -f examples/pipeline.yaml` (the file as it is) on the test cluster: five stages,
 two "nodes" each, run as real torchrun gangs on the process node, artifacts in the seaweedfs S3
 store (keys enforced). The manifests carry no storage or scheduling fields: the operator's flags
 supply them, as a cluster's Helm values would (--store, --storage-endpoint, --storage-secret,
@@ -24,12 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from kubernetes import client
-from testbed.kube import apply_crds, new_namespace, wait_for
-from testbed.operator import FORGELINE, OperatorProcess
-from testbed.processnode import PROCESS_NODE_LABEL
+from testbed.gangs import trainer_processes
+from testbed.kube import wait_for
+from testbed.operator import FORGELINE, OperatorProcess, store_namespace, store_operator
 
 from forgeline.jobs import storage as st
 
@@ -42,42 +41,15 @@ STAGES = {  # name -> (kind, plural, stage)
     "judge": ("RewardModelJob", "rewardmodeljobs", "reward"),
     "aligned": ("RLHFJob", "rlhfjobs", "rlhf"),
     "tuned": ("LoRAJob", "lorajobs", "lora"),
+    "compare": ("EvalJob", "evaljobs", "eval"),
 }
 SECRET = "forgeline-store"
 
 
-def pipeline_operator(cluster: Any, s3: Any, ns: str, workdir: Path) -> OperatorProcess:
-    """`forgeline operator` configured like a cluster install: S3 store and credentials by default."""
-    args = [
-        f"--namespace={ns}",
-        f"--store=s3://{s3.bucket}", f"--storage-endpoint={s3.endpoint}",
-        f"--storage-secret={SECRET}", f"--trainer-env=AWS_DEFAULT_REGION={s3.region}",
-        f"--node-selector={PROCESS_NODE_LABEL}=true", f"--toleration={PROCESS_NODE_LABEL}:NoSchedule",
-        "--check-uri-inputs",
-        # A scratch dir per pod, as each pod's own /tmp on a real node (the process node maps this
-        # path into the pod's /tmp emptyDir).
-        "--trainer-env=FORGELINE_SCRATCH=/tmp/forgeline-pod-scratch",
-        # One network namespace for every pod here (as with hostNetwork): judge and tuned run at
-        # once, and their rank 0s cannot both serve metrics on one port. (The process node itself
-        # gives each gang its own rendezvous port.)
-        "--trainer-metrics-port=30000-30999", "--resync-seconds=10", "--workers=4",
-    ]  # fmt: skip
-    # The operator reads direct-uri manifests itself (--check-uri-inputs): it gets the keys.
-    return OperatorProcess(args, {**cluster.env(), **s3.env()}, workdir)
-
-
 @pytest.fixture
 def pipeline_ns(cluster: Any, s3: Any) -> Iterator[str]:
-    apply_crds(cluster, REPO / "crds")
+    ns = store_namespace(cluster, s3, "pipeline", SECRET)
     core = client.CoreV1Api(cluster.client)
-    ns = new_namespace(core, "pipeline")
-    core.create_namespaced_secret(
-        ns,
-        {
-            "metadata": {"name": SECRET},
-            "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key},
-        },
-    )
     yield ns
     cluster.kubectl("delete", "-n", ns, "-f", str(REPO / "examples" / "pipeline.yaml"), "--wait=false", check=False)
     wait_for(
@@ -90,7 +62,7 @@ def pipeline_ns(cluster: Any, s3: Any) -> Iterator[str]:
 
 @pytest.fixture
 def operator(cluster: Any, s3: Any, pipeline_ns: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = pipeline_operator(cluster, s3, pipeline_ns, tmp_path)
+    op = store_operator(cluster, s3, pipeline_ns, tmp_path, SECRET)
     op.start()
     try:
         yield op
@@ -112,22 +84,6 @@ def histogram(text: str, name: str) -> tuple[float, float, dict[str, float]]:
             assert le is not None
             buckets[le.group(1)] = buckets.get(le.group(1), 0.0) + float(line.rsplit(" ", 1)[1])
     return total, count, buckets
-
-
-def trainer_processes(ns: str, pod: str) -> list[psutil.Process]:
-    """The torchrun worker processes of one pod on the process node (not its launcher)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "forgeline.jobs." not in cmd or "forgeline.jobs.launch" in cmd:
-            continue
-        try:
-            env = proc.environ()
-        except (psutil.AccessDenied, psutil.NoSuchProcess):
-            continue
-        if env.get("HOSTNAME") == pod and f"/pods/{ns}/" in env.get("HOME", ""):
-            found.append(proc)
-    return found
 
 
 def test_example_pipeline_through_the_operator_with_chaos(
@@ -200,7 +156,7 @@ def test_example_pipeline_through_the_operator_with_chaos(
     base = final["base"]
     assert (base["restarts"], base["attempt"]) == (1, 2), base
     assert 100 <= base["output"]["metrics"]["resumed_from"] < 300, base["output"]["metrics"]
-    for name in ("judge", "aligned", "tuned"):
+    for name in ("judge", "aligned", "tuned", "compare"):
         assert (final[name]["restarts"], final[name]["attempt"]) == (0, 1), (name, final[name])
     # No duplicates after the operator restart: one batch Job (earlier attempts are deleted when
     # the next starts) and one pod per node, all of the recorded attempt.
@@ -230,6 +186,12 @@ def test_example_pipeline_through_the_operator_with_chaos(
         "policy": ("PretrainJob", "base", up["base"]["uri"], up["base"]["digest"]),
         "rewardModel": ("RewardModelJob", "judge", up["judge"]["uri"], up["judge"]["digest"]),
     }
+    assert lineage("compare") == {
+        "models.base": ("PretrainJob", "base", up["base"]["uri"], up["base"]["digest"]),
+        "models.tuned": ("LoRAJob", "tuned", up["tuned"]["uri"], up["tuned"]["digest"]),
+        "models.aligned": ("RLHFJob", "aligned", up["aligned"]["uri"], up["aligned"]["digest"]),
+        "judge": ("RewardModelJob", "judge", up["judge"]["uri"], up["judge"]["digest"]),
+    }
 
     # -- the training effects, from status.output.metrics -----------------------------------------
     base_m, judge_m, rlhf_m, lora_m = (up[n]["metrics"] for n in ("base", "judge", "aligned", "tuned"))
@@ -238,6 +200,9 @@ def test_example_pipeline_through_the_operator_with_chaos(
     assert rlhf_m["eval_after_reward"] > rlhf_m["eval_before_reward"] + 1.0, rlhf_m
     assert rlhf_m["eval_after_true_reward"] > rlhf_m["eval_before_true_reward"], rlhf_m
     assert lora_m["eval_loss_final"] < lora_m["eval_loss_initial"], lora_m
+    # The EvalJob's compact table: the judge prefers the aligned model to the base.
+    eval_m = up["compare"]["metrics"]
+    assert eval_m["winRate.aligned"] > 0.5 == eval_m["winRate.base"] and eval_m["rating.base"] == 1000.0, eval_m
 
     # -- seeing it: kubectl get llmjobs, forgeline status ----------------------------------------
     table = cluster.kubectl("get", "llmjobs", "-n", ns).stdout
@@ -251,8 +216,10 @@ def test_example_pipeline_through_the_operator_with_chaos(
     assert lines[1].startswith("PretrainJob/base"), tree
     assert any(re.match(r"[├└]─ RewardModelJob/judge", line) for line in lines), tree
     assert any(re.match(r"[├└]─ LoRAJob/tuned", line) for line in lines), tree
-    assert any(re.search(r"└─ RLHFJob/aligned \(\+ PretrainJob/base\)", line) for line in lines), tree
-    assert sum("Succeeded" in line for line in lines) == 4 and "(1 restarts)" in tree, tree
+    # aligned is no longer judge's last child: the EvalJob (its last input is the judge) hangs there too.
+    assert any(re.search(r"[├└]─ RLHFJob/aligned \(\+ PretrainJob/base\)", line) for line in lines), tree
+    assert any(re.search(r"─ EvalJob/compare \(\+ ", line) for line in lines), tree
+    assert sum("Succeeded" in line for line in lines) == 5 and "(1 restarts)" in tree, tree
     assert up["aligned"]["digest"].removeprefix("sha256:")[:12] in tree, tree
 
     # -- every manifest in the store verifies: sizes and sha256 of every file --------------------
@@ -277,7 +244,7 @@ def test_example_pipeline_through_the_operator_with_chaos(
     # -- hand-offs through the operator's own metric ------------------------------------------------
     h_sum, h_count, buckets = histogram(first_metrics, "forgeline_operator_stage_handoff_seconds")
     h2_sum, h2_count, buckets2 = histogram(second_metrics, "forgeline_operator_stage_handoff_seconds")
-    assert h_count + h2_count == 3, (first_metrics, second_metrics)  # judge, tuned; aligned
+    assert h_count + h2_count == 4, (first_metrics, second_metrics)  # judge, tuned; aligned; compare
     within = buckets.get("1.0", 0) + buckets2.get("1.0", 0)
     print(
         f"\npipeline e2e: {elapsed:.0f}s; hand-offs {h_count + h2_count:.0f}, mean "
@@ -285,6 +252,7 @@ def test_example_pipeline_through_the_operator_with_chaos(
         f"reward accuracy {judge_m['eval_accuracy_initial']:.2f}->{judge_m['eval_accuracy_final']:.2f}, "
         f"RLHF reward {rlhf_m['eval_before_reward']:.2f}->{rlhf_m['eval_after_reward']:.2f}, "
         f"true reward {rlhf_m['eval_before_true_reward']:.2f}->{rlhf_m['eval_after_true_reward']:.2f}, "
-        f"base resumed from step {base_m['resumed_from']:.0f}"
+        f"base resumed from step {base_m['resumed_from']:.0f}; EvalJob win rate vs base: aligned "
+        f"{eval_m['winRate.aligned']:.3f}, tuned {eval_m['winRate.tuned']:.3f}"
     )
     assert within == h_count + h2_count, (buckets, buckets2)

@@ -3,7 +3,7 @@ that keeps the contract's exit codes.
 
 The stages chain through session-scoped artifacts (pretrain once; reward, rlhf and lora reuse it)
 so the whole suite stays a few minutes on 2 CPU cores. Configs here are the CPU-sized synthetic
-task of shared/research/training-stack.md section 7.
+task described in docs/stage-contract.md (tiny Llama-style models on generated data).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from forgeline.api.stageconfig import stage_config_dict
+from forgeline.api.validate import parse_job
 from forgeline.jobs import contract
 from forgeline.jobs.contract import ConfigError, parse_config
 from forgeline.jobs.launch import exit_code_for
@@ -45,6 +47,33 @@ def test_config_error_found_by_the_workers_still_exits_2(tmp_path: Path) -> None
     assert run.rc == contract.EXIT_BAD_CONFIG, run.explain()
     assert "training.batch_size" in run.stderr and "world size 2" in run.stderr
     assert run.termination is not None and run.termination["exit_code"] == 2
+
+
+@pytest.mark.train
+def test_checkpoint_interval_zero_trains_without_periodic_checkpoints_and_commits(tmp_path: Path) -> None:
+    """`checkpointInterval: 0` (documented "0 disables") goes from a manifest through the real launcher."""
+    job = parse_job(
+        {
+            "apiVersion": "forgeline.io/v1alpha1",
+            "kind": "PretrainJob",
+            "metadata": {"name": "no-ckpt"},
+            "spec": {
+                "model": {"config": {"layers": 1, "hiddenSize": 32, "heads": 2, "vocabSize": 320, "contextLength": 32}},
+                "data": {"synthetic": {"examples": 200}},
+                "training": {"maxSteps": 6, "batchSize": 4, "checkpointInterval": 0, "logInterval": 2},
+                "resources": {"gpusPerNode": 0, "procsPerNode": 2},
+            },
+        }
+    )
+    out = tmp_path / "out"
+    cfg = stage_config_dict(job, attempt=1, output=out.as_uri(), inputs={})
+    assert cfg["training"]["checkpoint_interval"] == 0
+    run = run_stage(tmp_path / "work", cfg)
+    assert run.rc == contract.EXIT_OK, run.explain()
+    assert run.of("checkpoint") == []
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+    assert (out / contract.MANIFEST_NAME).exists(), "the final model is still committed"
+    assert run.metrics["steps"] == 6
 
 
 def base() -> dict:

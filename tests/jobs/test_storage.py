@@ -152,3 +152,39 @@ def test_rank_zero_metrics_endpoint_serves_training_metrics() -> None:
         assert line in body
     assert "forgeline_train_step_duration_seconds_bucket" in body
     assert "forgeline_checkpoint_save_duration_seconds_count" in body
+
+
+def _planted_manifest(tmp_path: Path, path: str) -> str:
+    """A committed artifact, then its manifest rewritten by a hostile writer to list `path`."""
+    src, out = artifact_dir(tmp_path), tmp_path / "store"
+    st.publish_dir(st.Storage(), src, out.as_uri(), manifest())
+    m = Manifest.from_bytes((out / MANIFEST_NAME).read_bytes(), out.as_uri())
+    m.files[0].path = path
+    (out / MANIFEST_NAME).write_bytes(m.to_bytes())
+    return out.as_uri()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../escape.txt", "sub/../../escape.txt", "/etc/cron.d/x", "a//b", "./config.json", "C:/x", "a\\..\\b", ""],
+)
+def test_fetch_refuses_manifest_paths_that_escape_the_directory(tmp_path: Path, path: str) -> None:
+    uri = _planted_manifest(tmp_path, path)
+    local = tmp_path / "scratch" / "model"
+    with pytest.raises(InputError, match="refused"):
+        st.fetch(st.Storage(), uri, local)
+    assert not (tmp_path / "scratch" / "escape.txt").exists()
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_fetch_refuses_a_symlink_planted_in_the_local_directory(tmp_path: Path) -> None:
+    src, out = artifact_dir(tmp_path), tmp_path / "store"
+    st.publish_dir(st.Storage(), src, out.as_uri(), manifest())
+    local = tmp_path / "scratch"
+    local.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (local / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(InputError, match="outside"):
+        st.fetch(st.Storage(), out.as_uri(), local)
+    assert list(outside.iterdir()) == []

@@ -91,12 +91,28 @@ def test_pipeline_runs_in_order_then_a_rerun_skips_committed_stages(tmp_path: Pa
     second = forgeline("run", str(pipeline), "--workdir", "wd", cwd=tmp_path)
     out, _ = second.communicate(timeout=120)
     assert second.returncode == 0, out
-    assert out.count("output already committed") == 2
+    assert out.count("output committed by the same config") == 2
     assert "attempt 1" not in out
+
+    # A changed setting is a different model: the stage runs again and says why, and its
+    # downstream runs again because its input's digest changed. Never a stale skip.
+    write_pipeline(tmp_path, steps=24)
+    third = forgeline("run", str(pipeline), "--workdir", "wd", cwd=tmp_path)
+    out, _ = third.communicate(timeout=600)
+    assert third.returncode == 0, out
+    assert "training.max_steps: 20 -> 24" in out
+    assert "PretrainJob/base: attempt 1" in out and "LoRAJob/tuned: attempt 1" in out
+    assert "model.digest" in out.split("LoRAJob/tuned: the committed output", 1)[1].split("\n", 1)[0]
+    assert "skipped" not in out
+    rerun = json.loads((store / "pretrainjob/base/_MANIFEST.json").read_text())
+    assert rerun["config"]["training"]["max_steps"] == 24
+    assert (
+        '"event": "resumed"' not in (tmp_path / "wd" / "stages" / "pretrainjob-base" / "attempt1-node0.log").read_text()
+    ), "a checkpoint of the 20-step config must not be resumed by the 24-step one"
 
 
 def test_ctrl_c_stops_every_process_and_a_rerun_resumes_from_the_checkpoint(tmp_path: Path) -> None:
-    pipeline = write_pipeline(tmp_path, steps=400)
+    pipeline = write_pipeline(tmp_path, steps=100)
     run = forgeline("run", str(pipeline), "--workdir", "wd", cwd=tmp_path)
     assert run.stdout is not None
     seen = []
@@ -113,7 +129,6 @@ def test_ctrl_c_stops_every_process_and_a_rerun_resumes_from_the_checkpoint(tmp_
     assert processes_mentioning(str(tmp_path / "wd")) == [], "no stage process outlives Ctrl-C"
     assert not (tmp_path / "wd/store/default/pretrainjob/base/_MANIFEST.json").exists()
 
-    pipeline.write_text(pipeline.read_text().replace("maxSteps: 400", "maxSteps: 40"))
     rerun = forgeline("run", str(pipeline), "--workdir", "wd", cwd=tmp_path)
     out, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, out

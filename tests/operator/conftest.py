@@ -9,7 +9,7 @@ test patches one pod to fail or be evicted.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ PLURALS = {
     "RewardModelJob": "rewardmodeljobs",
     "RLHFJob": "rlhfjobs",
     "LoRAJob": "lorajobs",
+    "EvalJob": "evaljobs",
 }
 ON_KWOK_CPU = {
     "nodeSelector": {"type": "kwok"},
@@ -46,6 +47,9 @@ class OperatorUnderTest(OperatorProcess):
             # Only the namespaces of these tests (the ns fixture's op-*): other suites in the same
             # session (tests/e2e) run operators of their own against the same cluster.
             "--namespace=op-*",
+            # The store is file://; jobs that write to the test S3 server's bucket (start_s3's) use
+            # it as a prefix every namespace may write to (docs/trust-model.md).
+            "--allowed-uri-prefix=s3://forgeline-test/",
         ]
         super().__init__(args, cluster.env(), workdir)
 
@@ -62,6 +66,27 @@ def operator(cluster: Any, crds: list[str], tmp_path_factory: pytest.TempPathFac
     try:
         yield op
     finally:
+        op.stop()
+
+
+@pytest.fixture
+def other_cluster_jobs(tmp_path: Path) -> Iterator[Callable[[Any], Jobs]]:
+    """For a test that starts a cluster of its own: CRDs, an operator and a namespace on it, as a
+    Jobs to drive it (the operator is stopped at the end; its log is `<tmp_path>/operator-1.log`)."""
+    started: list[OperatorUnderTest] = []
+
+    def on(other: Any) -> Jobs:
+        apply_crds(other, REPO / "crds")
+        op = OperatorUnderTest(other, tmp_path)
+        op.start()
+        started.append(op)
+        core = client.CoreV1Api(other.client)
+        return Jobs(
+            client.CustomObjectsApi(other.client), core, client.BatchV1Api(other.client), new_namespace(core, "op")
+        )
+
+    yield on
+    for op in started:
         op.stop()
 
 

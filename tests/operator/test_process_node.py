@@ -40,6 +40,21 @@ def test_two_node_pretrain_on_the_process_node_succeeds_with_its_digest(
     assert output["digest"] == expected, "the digest came through rank 0's termination message"
 
 
+def test_checkpoint_interval_zero_trains_through_the_operator_without_periodic_checkpoints(
+    jobs: Any, manifest: Any, cond: Any
+) -> None:
+    body = manifest("nockpt", outcome=None, nodes=2, gpus=0, procsPerNode=1, **ON_PROCESS_NODE)
+    body["spec"]["training"] = {"maxSteps": 6, "batchSize": 4, "checkpointInterval": 0, "logInterval": 1}
+    body["spec"]["data"] = {"synthetic": {"examples": 120, "seed": 3}}
+    body["spec"]["runPolicy"] = {"backoffLimit": 0, "startupDeadlineSeconds": 120}
+    jobs.create(body)
+    status = jobs.wait("nockpt", lambda s: s.get("state") in ("Succeeded", "Failed"), timeout=500, what="to finish")
+    assert status["state"] == "Succeeded", cond(status, "Failed")
+    output = Path(status["output"]["uri"].removeprefix("file://"))
+    assert (output / "_MANIFEST.json").is_file()
+    assert not (output / "checkpoints").exists(), "checkpointInterval 0 writes no periodic checkpoint"
+
+
 def test_storage_credentials_reach_the_trainer_only_through_the_secret(
     jobs: Any, manifest: Any, cond: Any, s3: Any
 ) -> None:

@@ -7,4 +7,6 @@ kube         small helpers for tests: waiting on conditions, namespaces, applyin
 s3           a seaweedfs S3 server with access keys enforced
 prometheus   Debian's Prometheus and promtool
 procs        how every child process is started and, whatever happens, stopped
+builders     job objects, batch Jobs, pods and Observed snapshots for unit tests (plain dicts)
+fakecluster  an in-memory ClusterPort and a Reconciler harness for unit tests
 """

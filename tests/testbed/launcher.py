@@ -43,6 +43,12 @@ STAGES = Path(__file__).with_name("kwok-stages.yaml")
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl", "helm")
 
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+# The in-tree gang scheduling of KEP-4671 (alpha, off by default): the Workload and PodGroup API
+# (scheduling.k8s.io/v1alpha2 since 1.36) and the scheduler's GangScheduling plugin. The same gates
+# on every component, as a cluster would set them; turned on from GANG_SINCE_MINOR on.
+GANG_FEATURE_GATES = "GenericWorkload=true,GangScheduling=true"
+GANG_RUNTIME_CONFIG = "scheduling.k8s.io/v1alpha2=true"
+GANG_SINCE_MINOR = 36
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
@@ -58,6 +64,12 @@ def testbin_dir() -> Path:
     return bin_dir
 
 
+def kube_minor(bin_dir: Path) -> int:
+    """The minor version of the control-plane binaries (`kube-apiserver --version`: Kubernetes v1.36.3)."""
+    out = subprocess.run([str(bin_dir / "kube-apiserver"), "--version"], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1].split(".")[1])
+
+
 @dataclass
 class ClusterOptions:
     gpu_nodes: int = 4
@@ -66,6 +78,7 @@ class ClusterOptions:
     process_node: bool = True
     process_node_gpus: int = 0
     process_node_env: dict[str, str] = field(default_factory=dict)  # added to every process-node container
+    gang_scheduling: bool = True  # serve the Workload/PodGroup API, gang plugin on (1.36+ binaries)
     workdir: Path | None = None  # default: a new directory under the system temp dir
     start_timeout: float = 120.0
 
@@ -108,6 +121,7 @@ class Cluster:
     procs: list[procs.Proc] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     process_node: Any = None  # testbed.processnode.ProcessNode when options.process_node
+    gang_scheduling: bool = False  # the Workload/PodGroup API is served, the gang plugin is on
     _stopped: bool = False
     _client: Any = None
 
@@ -160,6 +174,24 @@ class Cluster:
         for proc in self.procs:
             proc.stop(grace=max(0.0, deadline - time.monotonic()))
         shutil.rmtree(self.workdir / "etcd-data", ignore_errors=True)
+
+    def restart_apiserver(self, timeout: float = 120.0) -> float:
+        """Stop kube-apiserver (SIGTERM, as an upgrade's rollout does) and start it again with the
+        same flags and port; returns once /readyz answers, with the seconds it was away."""
+        old = next(p for p in self.procs if p.name == "kube-apiserver")
+        argv = [str(a) for a in old.popen.args]
+        began = time.monotonic()
+        old.stop(grace=10)
+        self.procs.remove(old)
+        new = procs.spawn("kube-apiserver", argv, log_path=old.log_path)
+        self.procs.append(new)
+        procs.wait_until(
+            lambda: _https_ok(self.server, "/readyz", self.token, self.pki.ca_cert),
+            timeout=timeout,
+            what="kube-apiserver /readyz after a restart",
+            proc=new,
+        )
+        return time.monotonic() - began
 
     def __enter__(self) -> Cluster:
         return self
@@ -235,6 +267,8 @@ def start_cluster(options: ClusterOptions | None = None, bin_dir: Path | None = 
     kubeconfig = workdir / "kubeconfig"
     _write_kubeconfig(kubeconfig, server, pki.ca_cert, token)
     cluster = Cluster(bin_dir, workdir, pki, server, token, kubeconfig, opts, timings=timings)
+    cluster.gang_scheduling = opts.gang_scheduling and kube_minor(bin_dir) >= GANG_SINCE_MINOR
+    gang_flags = [f"--feature-gates={GANG_FEATURE_GATES}"] if cluster.gang_scheduling else []
     _live_clusters.add(cluster)
     timings["pki"] = time.monotonic() - t0
 
@@ -288,6 +322,8 @@ def start_cluster(options: ClusterOptions | None = None, bin_dir: Path | None = 
                 "--profiling=false",
                 "--enable-garbage-collector=true",
                 "--event-ttl=1h",
+                *gang_flags,
+                *([f"--runtime-config={GANG_RUNTIME_CONFIG}"] if gang_flags else []),
             ],
         )
         procs.wait_until(
@@ -312,6 +348,7 @@ def start_cluster(options: ClusterOptions | None = None, bin_dir: Path | None = 
                 "--kube-api-burst=400",
                 "--controllers=*",
                 "--profiling=false",
+                *gang_flags,
             ],
         )
         start(
@@ -324,6 +361,7 @@ def start_cluster(options: ClusterOptions | None = None, bin_dir: Path | None = 
                 "--kube-api-qps=200",
                 "--kube-api-burst=400",
                 "--profiling=false",
+                *gang_flags,
             ],
         )
         start(

@@ -101,3 +101,45 @@ def pretrain_manifest(
             "runPolicy": run_policy or {},
         },
     }
+
+
+def store_operator(cluster: Any, s3: Any, ns: str, workdir: Path, secret: str) -> OperatorProcess:
+    """`forgeline operator` configured like a cluster install: S3 store and credentials by default.
+
+    The manifests then need no storage or scheduling fields: --store, --storage-endpoint and
+    --storage-secret supply the store, --node-selector/--toleration the process node (a dedicated
+    training pool in real life).
+    """
+    from testbed.processnode import PROCESS_NODE_LABEL
+
+    args = [
+        f"--namespace={ns}",
+        f"--store=s3://{s3.bucket}", f"--storage-endpoint={s3.endpoint}",
+        f"--storage-secret={secret}", f"--trainer-env=AWS_DEFAULT_REGION={s3.region}",
+        f"--node-selector={PROCESS_NODE_LABEL}=true", f"--toleration={PROCESS_NODE_LABEL}:NoSchedule",
+        "--check-uri-inputs",
+        # A scratch dir per pod, as each pod's own /tmp on a real node (the process node maps this
+        # path into the pod's /tmp emptyDir).
+        "--trainer-env=FORGELINE_SCRATCH=/tmp/forgeline-pod-scratch",
+        # One network namespace for every pod here (as with hostNetwork): two stages running at
+        # once cannot both serve rank 0's metrics on one port. (The process node itself gives each
+        # gang its own rendezvous port.)
+        "--trainer-metrics-port=30000-30999", "--resync-seconds=10", "--workers=4",
+    ]  # fmt: skip
+    # The operator reads direct-uri manifests itself (--check-uri-inputs): it gets the keys.
+    return OperatorProcess(args, {**cluster.env(), **s3.env()}, workdir)
+
+
+def store_namespace(cluster: Any, s3: Any, prefix: str, secret: str) -> str:
+    """A fresh namespace for jobs on the S3 store: the CRDs applied, and `secret` holding the store's
+    keys there, as a team's namespace on a cluster would have (the operator's --storage-secret)."""
+    from kubernetes import client
+
+    from testbed.kube import apply_crds, new_namespace
+
+    apply_crds(cluster, Path(__file__).resolve().parents[2] / "crds")
+    core = client.CoreV1Api(cluster.client)
+    ns = new_namespace(core, prefix)
+    keys = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+    core.create_namespaced_secret(ns, {"metadata": {"name": secret}, "stringData": keys})
+    return ns

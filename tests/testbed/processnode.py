@@ -303,6 +303,10 @@ class ProcessNode:
             run = self._runs.get(event[1])
             if run is not None:
                 self._on_exit(run, event[2])
+        elif kind == "post":
+            run = self._runs.get(event[1])
+            if run is not None:
+                self._post(run)
 
     def _timers(self) -> None:
         tick = time.monotonic()
@@ -375,6 +379,11 @@ class ProcessNode:
         except PodSpecError as e:
             self._fail_pod(run, e.reason, str(e))
             return
+        except Exception:  # the API server away (a restart): forget the pod, admit it again in 1 s
+            del self._runs[meta["uid"]]
+            self._free_ips.insert(0, run.ip)
+            threading.Timer(1.0, self._events.put, args=(("pod", "SYNC", pod),)).start()
+            raise
         self._sync_hosts()
         first = run.init[0] if run.init else None
         if first is not None:
@@ -542,7 +551,11 @@ class ProcessNode:
         self._release(run)
 
     def _post(self, run: PodRun) -> None:
-        self._patch_status(run.pod, pod_status(run))
+        try:
+            self._patch_status(run.pod, pod_status(run))
+        except Exception:  # the API server away (a restart): post again in 1 s, as a kubelet's sync loop would
+            threading.Timer(1.0, self._events.put, args=(("post", run.pod["metadata"]["uid"]),)).start()
+            raise
 
     def _patch_status(self, pod: Obj, status: Obj) -> None:
         from kubernetes.client.exceptions import ApiException

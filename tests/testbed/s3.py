@@ -36,6 +36,8 @@ class S3Server:
     bucket: str
     proc: procs.Proc
     region: str = REGION
+    argv: tuple[str, ...] = ()  # how it was started, for an outage's restart (same ports, same data)
+    log_path: Path | None = None
 
     def client(self, *, secret_key: str | None = None) -> Any:
         """A boto3 S3 client for this server (path-style); ``secret_key`` overrides the secret."""
@@ -62,6 +64,23 @@ class S3Server:
 
     def stop(self) -> None:
         self.proc.stop(grace=2)  # seaweedfs lingers ~10 s on SIGTERM; a test store needs no clean flush
+
+    def go_down(self) -> None:
+        """An outage: the whole server stops (connections refused) until `come_back`.
+
+        Unlike `stop`, it waits for a clean shutdown, so everything acknowledged before survives."""
+        self.proc.stop(grace=20)
+
+    def come_back(self, timeout: float = 60) -> None:
+        """Start the server again on the same ports and data; returns once the bucket answers."""
+        self.proc = procs.spawn("seaweedfs", list(self.argv), log_path=self.log_path)
+        s3 = self.client()
+        procs.wait_until(
+            lambda: s3.head_bucket(Bucket=self.bucket) is not None,
+            timeout=timeout,
+            what="the seaweedfs S3 gateway back after an outage",
+            proc=self.proc,
+        )
 
 
 def start_s3(workdir: Path, bucket: str = "forgeline-test", timeout: float = 60) -> S3Server:
@@ -111,7 +130,15 @@ def start_s3(workdir: Path, bucket: str = "forgeline-test", timeout: float = 60)
         "-s3.port.lance=0",
     ]
     proc = procs.spawn("seaweedfs", argv, log_path=workdir / "weed.log")
-    server = S3Server(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, bucket, proc)
+    server = S3Server(
+        f"http://127.0.0.1:{ports['s3']}",
+        access_key,
+        secret_key,
+        bucket,
+        proc,
+        argv=tuple(argv),
+        log_path=workdir / "weed.log",
+    )
     s3 = server.client()
 
     def bucket_ready() -> bool:

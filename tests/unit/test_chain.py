@@ -9,7 +9,7 @@ from forgeline.api.kinds import Job
 from forgeline.api.validate import parse_job
 
 
-def job(kind: str, name: str, **sources: Any) -> Job:
+def job(kind: str, name: str, namespace: str | None = None, **sources: Any) -> Job:
     spec: dict[str, Any] = {"data": {"synthetic": {}}}
     if kind == "RLHFJob":
         spec["rlhf"] = sources
@@ -17,7 +17,8 @@ def job(kind: str, name: str, **sources: Any) -> Job:
         spec["model"] = sources["model"]
     else:
         spec["model"] = {"config": {"layers": 1, "hiddenSize": 16, "heads": 2, "vocabSize": 64, "contextLength": 16}}
-    return parse_job({"apiVersion": "forgeline.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec})
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    return parse_job({"apiVersion": "forgeline.io/v1alpha1", "kind": kind, "metadata": metadata, "spec": spec})
 
 
 def ref(kind: str, name: str) -> dict[str, Any]:
@@ -112,3 +113,31 @@ def test_uri_inputs_are_references_without_upstream() -> None:
     (reference,) = chain.references[JobKey("LoRAJob", "tuned")]
     assert reference.upstream is None and reference.uri == "s3://models/base"
     assert reference.field == "spec.model.uri"
+
+
+def test_namesakes_in_two_namespaces_make_no_false_cycle() -> None:
+    """A -> B in team-a and B -> A in team-b would be a cycle if names crossed namespaces."""
+    jobs = [
+        job("LoRAJob", "a", "team-a", model=ref("LoRAJob", "b")),
+        job("LoRAJob", "b", "team-a", model=ref("PretrainJob", "base")),
+        job("PretrainJob", "base", "team-a"),
+        job("LoRAJob", "b", "team-b", model=ref("LoRAJob", "a")),
+        job("LoRAJob", "a", "team-b", model=ref("PretrainJob", "base")),
+        job("PretrainJob", "base", "team-b"),
+    ]
+    chain = resolve(jobs)
+    assert not chain.problems
+    assert len(chain.order) == 6
+    assert {k.namespace for k in chain.order} == {"team-a", "team-b"}
+
+
+def test_a_reference_never_finds_a_job_of_another_namespace() -> None:
+    jobs = [job("PretrainJob", "base", "team-a"), job("LoRAJob", "tuned", "team-b", model=ref("PretrainJob", "base"))]
+    (problem,) = resolve(jobs).problems
+    assert problem.code == "missing" and problem.job == JobKey("LoRAJob", "tuned", "team-b")
+    assert "PretrainJob/base does not exist in namespace team-b" in problem.message
+
+
+def test_one_namespace_keeps_plain_keys() -> None:
+    chain = resolve([job("PretrainJob", "base", "team-a")])
+    assert chain.order == [JobKey("PretrainJob", "base")]

@@ -10,31 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from unit.test_reconcile import FakeCluster, Harness, pretrain
+from testbed import builders
+from testbed.builders import FROM_BASE, Obj, from_job, lora, pretrain
+from testbed.fakecluster import FakeCluster, Harness
 
+from forgeline.api import torchrun
 from forgeline.api.validate import parse_job
 from forgeline.cli.main import _toleration
 from forgeline.operator.policies.inputs import UriCheck
 from forgeline.operator.policies.output import final_progress
 from forgeline.operator.reconcile import Reconciler
+from forgeline.operator.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_KIND, RenderSettings, render_attempt
 from forgeline.operator.render import Owner as RenderOwner
-from forgeline.operator.render import RenderSettings, render_attempt
 
-Obj = dict[str, Any]
 DIGEST = "sha256:" + "b" * 64
 
 
-def lora(name: str, model: Obj) -> Obj:
-    return {
-        "apiVersion": "forgeline.io/v1alpha1",
-        "kind": "LoRAJob",
-        "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "generation": 1},
-        "spec": {"model": model, "data": {"synthetic": {}}},
-    }
-
-
 def from_lora(name: str) -> Obj:
-    return {"fromJob": {"kind": "LoRAJob", "name": name}}
+    return from_job("LoRAJob", name)
 
 
 def inputs_ready(h: Harness, name: str) -> Obj:
@@ -70,7 +63,7 @@ def test_a_job_downstream_of_a_cycle_waits_for_it_without_being_blamed() -> None
 def test_an_upstream_recreated_after_failing_is_consumed_once_it_succeeds() -> None:
     failed = pretrain()
     failed["status"] = {"state": "Failed", "conditions": [{"type": "Failed", "status": "True", "reason": "OOMKilled"}]}
-    h = Harness(failed, lora("tuned", {"fromJob": {"kind": "PretrainJob", "name": "base"}}))
+    h = Harness(failed, lora("tuned", FROM_BASE))
     h.run("tuned", "LoRAJob")
     assert inputs_ready(h, "tuned")["reason"] == "UpstreamFailed"
     del h.cluster.objects[("PretrainJob", "default", "base")]
@@ -216,7 +209,7 @@ def test_a_rendezvous_port_range_spreads_attempts_and_every_render_agrees() -> N
     port = master_port("uid-x", 3, settings)
     assert service["spec"]["ports"][0]["port"] == port
     container = batch_job["spec"]["template"]["spec"]["containers"][0]
-    assert {"name": "PET_MASTER_PORT", "value": str(port)} in container["env"]
+    assert {"name": torchrun.PET_MASTER_PORT, "value": str(port)} in container["env"]
     assert container["ports"][0]["containerPort"] == port
     assert master_port("uid-x", 3, RenderSettings()) == 29500
 
@@ -286,16 +279,10 @@ def test_a_trainer_metrics_port_range_is_rendered_per_attempt_and_scraped_there(
 
 def test_a_recreated_job_never_adopts_the_children_of_its_deleted_namesake() -> None:
     h = Harness(pretrain())
-    labels = {"forgeline.io/job": "base", "forgeline.io/kind": "PretrainJob", "forgeline.io/attempt": "1"}
-    old_ref = [{"apiVersion": "forgeline.io/v1alpha1", "kind": "PretrainJob", "name": "base", "uid": "uid-old"}]
+    labels = {LABEL_JOB: "base", LABEL_KIND: "PretrainJob", LABEL_ATTEMPT: "1"}
+    failed = [("Failed", "BackoffLimitExceeded")]
     h.cluster.put(
-        {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {"name": "base-pretrain-a1", "uid": "job-old", "labels": labels, "ownerReferences": old_ref},
-            "spec": {"completions": 2},
-            "status": {"conditions": [{"type": "Failed", "status": "True"}]},
-        }
+        builders.batch_job("base-pretrain-a1", uid="job-old", labels=labels, owner_uid="uid-old", conditions=failed)
     )
     h.run()  # the leftover is deleted, not taken for attempt 1; ours waits for the name
     status = h.status()

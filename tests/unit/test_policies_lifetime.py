@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from testbed.builders import T0
 
 from forgeline.operator.policies.deadline import check_active_deadline
 from forgeline.operator.policies.suspend import suspend_action
 from forgeline.operator.policies.ttl import check_ttl
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

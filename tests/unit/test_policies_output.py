@@ -6,18 +6,17 @@ import json
 from typing import Any
 
 import pytest
+from testbed.builders import pod
 
+from forgeline.jobs.errors import EXIT_BAD_CONFIG
 from forgeline.operator.policies.output import output_from_pods
 
 DEFAULT = "s3://store/ns/pretrainjob/base"
 
 
-def pod(index: int, message: str) -> dict[str, Any]:
-    term = {"exitCode": 0, "reason": "Completed", "message": message}
-    return {
-        "metadata": {"name": f"p-{index}", "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
-        "status": {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {"terminated": term}}]},
-    }
+def finished(index: int, message: str) -> dict[str, Any]:
+    """Pod `index` of a gang that exited 0, leaving `message` as its termination message."""
+    return pod(index, "Succeeded", exit_code=0, message=message)
 
 
 RESULT = json.dumps(
@@ -33,18 +32,18 @@ RESULT = json.dumps(
     ("pods", "expected"),
     [
         (
-            [pod(1, ""), pod(0, RESULT)],
+            [finished(1, ""), finished(0, RESULT)],
             {
                 "uri": "s3://elsewhere/base",
                 "digest": "sha256:" + "ab" * 32,
                 "metrics": {"final_loss": 1.25, "steps": 6.0},
             },
         ),
-        ([pod(0, "")], {"uri": DEFAULT}),
-        ([pod(0, "Traceback ... log tail")], {"uri": DEFAULT}),
-        ([pod(1, RESULT)], {"uri": DEFAULT}),  # only rank 0 speaks for the gang
+        ([finished(0, "")], {"uri": DEFAULT}),
+        ([finished(0, "Traceback ... log tail")], {"uri": DEFAULT}),
+        ([finished(1, RESULT)], {"uri": DEFAULT}),  # only rank 0 speaks for the gang
         ([], {"uri": DEFAULT}),
-        ([pod(0, json.dumps({"error": "bad config", "exit_code": 2}))], {"uri": DEFAULT}),
+        ([finished(0, json.dumps({"error": "bad config", "exit_code": EXIT_BAD_CONFIG}))], {"uri": DEFAULT}),
     ],
 )
 def test_output_from_rank_zero(pods: list[Any], expected: dict[str, Any]) -> None:

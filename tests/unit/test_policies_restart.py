@@ -5,65 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from testbed.builders import batch_job, pod
 
+from forgeline.jobs.errors import EXIT_BAD_CONFIG, EXIT_MISSING_INPUT
 from forgeline.operator.policies.restart import AttemptOutcome, classify_attempt, decide_restart
-
-
-def pod(
-    index: int,
-    phase: str = "Running",
-    *,
-    code: int | None = None,
-    reason: str = "Error",
-    message: str = "",
-    finished: str = "2026-01-01T00:00:10Z",
-    disrupted: bool = False,
-) -> dict[str, Any]:
-    status: dict[str, Any] = {"phase": phase, "conditions": []}
-    if code is not None:
-        status["containerStatuses"] = [
-            {
-                "name": "trainer",
-                "state": {
-                    "terminated": {"exitCode": code, "reason": reason, "message": message, "finishedAt": finished}
-                },
-            }
-        ]
-    if disrupted:
-        status["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"})
-    return {
-        "metadata": {
-            "name": f"base-pretrain-a1-{index}-xyz",
-            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
-        },
-        "status": status,
-    }
-
-
-def job(*conditions: tuple[str, str]) -> dict[str, Any]:
-    return {
-        "metadata": {"name": "base-pretrain-a1"},
-        "status": {
-            "conditions": [
-                {"type": t, "status": "True", "reason": r, "message": f"{r} happened"} for t, r in conditions
-            ]
-        },
-    }
 
 
 @pytest.mark.parametrize(
     ("child", "pods", "state", "reason"),
     [
-        (job(), [pod(0), pod(1)], "running", "AllPodsRunning"),
-        (job(), [pod(0), pod(1, "Pending")], "starting", ""),
-        (job(), [pod(0)], "starting", ""),
-        (job(("Complete", "Completed")), [pod(0, "Succeeded", code=0)], "succeeded", "Completed"),
-        (job(), [pod(0), pod(1, "Failed", code=137, reason="OOMKilled")], "retryable", "OOMKilled"),
-        (job(), [pod(0), pod(1, "Failed", code=2)], "permanent", "InvalidConfig"),
-        (job(), [pod(0, "Failed", code=3)], "permanent", "MissingInput"),
-        (job(), [pod(0), pod(1, "Failed", code=143, disrupted=True)], "evicted", "Evicted"),
-        (job(("Failed", "PodFailurePolicy")), [], "permanent", "PodFailurePolicy"),
-        (job(("Failed", "DeadlineExceeded")), [], "retryable", "DeadlineExceeded"),
+        (batch_job(), [pod(0), pod(1)], "running", "AllPodsRunning"),
+        (batch_job(), [pod(0), pod(1, "Pending")], "starting", ""),
+        (batch_job(), [pod(0)], "starting", ""),
+        (
+            batch_job(conditions=[("Complete", "Completed")]),
+            [pod(0, "Succeeded", exit_code=0)],
+            "succeeded",
+            "Completed",
+        ),
+        (batch_job(), [pod(0), pod(1, "Failed", exit_code=137, reason="OOMKilled")], "retryable", "OOMKilled"),
+        (batch_job(), [pod(0), pod(1, "Failed", exit_code=EXIT_BAD_CONFIG)], "permanent", "InvalidConfig"),
+        (batch_job(), [pod(0, "Failed", exit_code=EXIT_MISSING_INPUT)], "permanent", "MissingInput"),
+        (batch_job(), [pod(0), pod(1, "Failed", exit_code=143, disrupted=True)], "evicted", "Evicted"),
+        (batch_job(conditions=[("Failed", "PodFailurePolicy")]), [], "permanent", "PodFailurePolicy"),
+        (batch_job(conditions=[("Failed", "DeadlineExceeded")]), [], "retryable", "DeadlineExceeded"),
     ],
 )
 def test_classify_attempt(child: Any, pods: list[Any], state: str, reason: str) -> None:
@@ -73,32 +38,35 @@ def test_classify_attempt(child: Any, pods: list[Any], state: str, reason: str) 
 
 def test_earliest_failure_is_the_cause_not_its_echo() -> None:
     pods = [
-        pod(0, "Failed", code=1, reason="Error", message="NCCL timeout", finished="2026-01-01T00:00:30Z"),
-        pod(3, "Failed", code=137, reason="OOMKilled", finished="2026-01-01T00:00:05Z"),
+        pod(0, "Failed", exit_code=1, reason="Error", message="NCCL timeout", finished_at="2026-01-01T00:00:30Z"),
+        pod(3, "Failed", exit_code=137, reason="OOMKilled", finished_at="2026-01-01T00:00:05Z"),
     ]
-    outcome = classify_attempt(job(), pods, nodes=4)
+    outcome = classify_attempt(batch_job(), pods, nodes=4)
     assert outcome.reason == "OOMKilled"
     assert "base-pretrain-a1-3" in outcome.message and "exit 137" in outcome.message
 
 
 def test_permanent_exit_wins_over_a_peer_failure() -> None:
     pods = [
-        pod(0, "Failed", code=1, finished="2026-01-01T00:00:01Z"),
-        pod(1, "Failed", code=2, message='{"error": "bad config: field x"}'),
+        pod(0, "Failed", exit_code=1, finished_at="2026-01-01T00:00:01Z"),
+        pod(1, "Failed", exit_code=EXIT_BAD_CONFIG, message='{"error": "bad config: field x"}'),
     ]
-    outcome = classify_attempt(job(), pods, nodes=2)
+    outcome = classify_attempt(batch_job(), pods, nodes=2)
     assert outcome.state == "permanent"
     assert "bad config: field x" in outcome.message
 
 
 def test_eviction_wins_over_the_failures_it_caused() -> None:
-    pods = [pod(0, "Failed", code=1, finished="2026-01-01T00:00:01Z"), pod(1, "Failed", code=143, disrupted=True)]
-    assert classify_attempt(job(), pods, nodes=2).state == "evicted"
+    pods = [
+        pod(0, "Failed", exit_code=1, finished_at="2026-01-01T00:00:01Z"),
+        pod(1, "Failed", exit_code=143, disrupted=True),
+    ]
+    assert classify_attempt(batch_job(), pods, nodes=2).state == "evicted"
 
 
 def test_the_termination_message_log_tail_reaches_the_message() -> None:
-    failed = pod(0, "Failed", code=1, message="line 1\nTraceback\nRuntimeError: CUDA error: out of memory\n")
-    outcome = classify_attempt(job(), [failed], nodes=1)
+    failed = pod(0, "Failed", exit_code=1, message="line 1\nTraceback\nRuntimeError: CUDA error: out of memory\n")
+    outcome = classify_attempt(batch_job(), [failed], nodes=1)
     assert "RuntimeError: CUDA error: out of memory" in outcome.message
 
 

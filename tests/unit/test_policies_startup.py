@@ -2,61 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from testbed.builders import T0, pod
 
 from forgeline.operator.policies.startup import check_startup
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def running(i: int) -> dict[str, Any]:
-    return {
-        "metadata": {"name": f"p-{i}", "annotations": {"batch.kubernetes.io/job-completion-index": str(i)}},
-        "status": {"phase": "Running"},
-    }
-
-
-def unschedulable(i: int) -> dict[str, Any]:
-    message = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu. preemption: 0/4 nodes are available"
-    return {
-        "metadata": {"name": f"p-{i}", "annotations": {"batch.kubernetes.io/job-completion-index": str(i)}},
-        "status": {
-            "phase": "Pending",
-            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}],
-        },
-    }
-
-
-def waiting(i: int, reason: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": f"p-{i}"},
-        "status": {
-            "phase": "Pending",
-            "containerStatuses": [
-                {"name": "trainer", "state": {"waiting": {"reason": reason, "message": f"{reason} details"}}}
-            ],
-        },
-    }
-
-
-def pending(i: int) -> dict[str, Any]:
-    return {"metadata": {"name": f"p-{i}"}, "status": {"phase": "Pending"}}
+NO_GPU = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu. preemption: 0/4 nodes are available"
 
 
 @pytest.mark.parametrize(
     ("pods", "elapsed", "started", "exceeded", "reason"),
     [
-        ([running(0), running(1)], 999, True, False, None),
-        ([running(0), pending(1)], 5, False, False, "PodsStarting"),
-        ([running(0), unschedulable(1)], 5, False, False, "Unschedulable"),
-        ([running(0), unschedulable(1)], 10, False, True, "Unschedulable"),
-        ([waiting(0, "ImagePullBackOff")], 11, False, True, "ImagePullBackOff"),
-        ([waiting(0, "CreateContainerConfigError")], 11, False, True, "CreateContainerConfigError"),
-        ([waiting(0, "ContainerCreating")], 11, False, True, "StartupDeadlineExceeded"),
-        ([pending(0)], 11, False, True, "StartupDeadlineExceeded"),
+        ([pod(0), pod(1)], 999, True, False, None),
+        ([pod(0), pod(1, "Pending")], 5, False, False, "PodsStarting"),
+        ([pod(0), pod(1, "Pending", unschedulable=NO_GPU)], 5, False, False, "Unschedulable"),
+        ([pod(0), pod(1, "Pending", unschedulable=NO_GPU)], 10, False, True, "Unschedulable"),
+        ([pod(0, "Pending", waiting="ImagePullBackOff")], 11, False, True, "ImagePullBackOff"),
+        ([pod(0, "Pending", waiting="CreateContainerConfigError")], 11, False, True, "CreateContainerConfigError"),
+        ([pod(0, "Pending", waiting="ContainerCreating")], 11, False, True, "StartupDeadlineExceeded"),
+        ([pod(0, "Pending")], 11, False, True, "StartupDeadlineExceeded"),
         ([], 11, False, True, "StartupDeadlineExceeded"),
     ],
 )
@@ -70,15 +37,31 @@ def test_startup_deadline(pods: list[Any], elapsed: int, started: bool, exceeded
 
 
 def test_unschedulable_message_is_the_schedulers() -> None:
-    verdict = check_startup([unschedulable(0)], 1, T0, T0 + timedelta(seconds=30), deadline_seconds=10)
+    stuck = pod(0, "Pending", unschedulable=NO_GPU)
+    verdict = check_startup([stuck], 1, T0, T0 + timedelta(seconds=30), deadline_seconds=10)
     assert verdict.exceeded is not None
     assert "0/4 nodes are available: 4 Insufficient nvidia.com/gpu" in verdict.exceeded.message
-    assert "pod p-0" in verdict.exceeded.message
+    assert f"pod {stuck['metadata']['name']}" in verdict.exceeded.message
     assert "startupDeadlineSeconds (10s)" in verdict.exceeded.message
 
 
+def test_a_gang_names_the_pod_the_scheduler_could_not_place_not_those_waiting_for_it() -> None:
+    held = "pod group is unschedulable, waiting for minCount pods from a gang to be scheduled"
+    pods = [pod(0, "Pending", unschedulable=held), pod(1, "Pending", unschedulable=NO_GPU)]
+    pods.append(pod(2, "Pending", unschedulable=held))
+    verdict = check_startup(pods, 3, T0, T0 + timedelta(seconds=11), deadline_seconds=10)
+    assert verdict.exceeded is not None and verdict.exceeded.reason == "Unschedulable"
+    assert "Insufficient nvidia.com/gpu" in verdict.exceeded.message and "-1-abcde" in verdict.exceeded.message
+
+
+def test_a_gang_with_every_pod_held_still_says_it_waits_for_its_group() -> None:
+    held = "pod group is unschedulable, waiting for minCount pods from a gang to be scheduled"
+    verdict = check_startup([pod(0, "Pending", unschedulable=held)], 2, T0, T0 + timedelta(seconds=1), 10)
+    assert verdict.waiting is not None and held in verdict.waiting.message
+
+
 def test_seconds_left_until_the_deadline() -> None:
-    verdict = check_startup([pending(0)], 1, T0, T0 + timedelta(seconds=4), deadline_seconds=10)
+    verdict = check_startup([pod(0, "Pending")], 1, T0, T0 + timedelta(seconds=4), deadline_seconds=10)
     assert verdict.seconds_left == pytest.approx(6)
 
 
@@ -88,6 +71,5 @@ def test_a_job_waiting_for_admission_is_not_late() -> None:
 
 
 def test_pods_being_deleted_do_not_count_as_started() -> None:
-    gone = running(1)
-    gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    assert not check_startup([running(0), gone], 2, T0, T0, 10).started
+    gone = pod(1, deleting=True)
+    assert not check_startup([pod(0), gone], 2, T0, T0, 10).started

@@ -7,171 +7,20 @@ conditions and Events of each transition and run in milliseconds.
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime, timedelta
+import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from testbed.builders import T0, job, lora, observed, pretrain
+from testbed.fakecluster import FakeCluster, Harness
 
-from forgeline.api.kinds import JobStatus
+from forgeline.api import torchrun
+from forgeline.jobs.errors import EXIT_BAD_CONFIG
 from forgeline.operator.decide import decide
 from forgeline.operator.progress import parse_progress
 from forgeline.operator.reconcile import Reconciler
-from forgeline.operator.render import RenderSettings
-
-Obj = dict[str, Any]
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class FakeCluster:
-    """The ClusterPort over a dict; deleting a Job deletes its pods (as the garbage collector would)."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str], Obj] = {}
-        self.events: list[tuple[str, str, str]] = []
-        self.status_writes = 0
-        self.applied: list[str] = []
-        self.version = 0
-
-    def put(self, obj: Obj) -> Obj:
-        self.version += 1
-        obj = copy.deepcopy(obj)
-        obj["metadata"].setdefault("namespace", "default")
-        obj["metadata"]["resourceVersion"] = str(self.version)
-        obj["metadata"].setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
-        self.objects[(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
-        return obj
-
-    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
-        found = self.objects.get((kind, namespace, name))
-        return copy.deepcopy(found) if found else None
-
-    def apply(self, obj: Obj) -> None:
-        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
-        if key not in self.objects:
-            self.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
-        self.put(obj)
-
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        self.objects.pop((kind, namespace, name), None)
-        if kind == "Job":
-            for key in [k for k, o in self.objects.items() if k[0] == "Pod" and o["metadata"].get("job") == name]:
-                del self.objects[key]
-
-    def list_children(self, kind: str, namespace: str, selector: dict[str, str]) -> list[Obj]:
-        return [
-            copy.deepcopy(o)
-            for (k, ns, _), o in self.objects.items()
-            if k == kind
-            and ns == namespace
-            and all(o["metadata"].get("labels", {}).get(a) == b for a, b in selector.items())
-        ]
-
-    def patch_status(self, kind: str, namespace: str, name: str, status: Obj, resource_version: str) -> None:
-        obj = self.objects[(kind, namespace, name)]
-        assert obj["metadata"]["resourceVersion"] == resource_version, "conflict"
-        JobStatus.model_validate(status)  # what we write fits the CRD's status schema
-        obj["status"] = copy.deepcopy(status)
-        self.status_writes += 1
-        self.version += 1
-        obj["metadata"]["resourceVersion"] = str(self.version)
-
-    def event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
-        self.events.append((type_, reason, message))
-
-    def scrape(self, url: str) -> str | None:
-        return None
-
-    # -- playing the Job controller and the kubelet ---------------------------------------
-    def job_of(self, attempt: int, name: str = "base-pretrain") -> Obj | None:
-        return self.objects.get(("Job", "default", f"{name}-a{attempt}"))
-
-    def make_pods(self, attempt: int, phase: str = "Running", name: str = "base-pretrain") -> None:
-        job = self.job_of(attempt, name)
-        assert job is not None, f"no Job for attempt {attempt}"
-        for i in range(job["spec"]["completions"]):
-            self.set_pod(attempt, i, phase, name=name)
-
-    def set_pod(self, attempt: int, index: int, phase: str, *, name: str = "base-pretrain", **status: Any) -> None:
-        job = self.job_of(attempt, name)
-        assert job is not None
-        labels = dict(job["spec"]["template"]["metadata"]["labels"])
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{name}-a{attempt}-{index}-abcde",
-                "labels": labels,
-                "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
-                "job": f"{name}-a{attempt}",
-            },
-            "status": {"phase": phase, "podIP": f"10.0.0.{index}", **status},
-        }
-        self.put(pod)
-
-    def fail_pod(
-        self, attempt: int, index: int, code: int, *, reason: str = "Error", disrupted: bool = False, message: str = ""
-    ) -> None:
-        conditions = (
-            [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}] if disrupted else []
-        )
-        term = {"exitCode": code, "reason": reason, "message": message, "finishedAt": "2026-01-01T00:01:00Z"}
-        self.set_pod(
-            attempt,
-            index,
-            "Failed",
-            conditions=conditions,
-            containerStatuses=[{"name": "trainer", "state": {"terminated": term}}],
-        )
-
-    def complete(self, attempt: int, message: str = "") -> None:
-        job = self.job_of(attempt)
-        assert job is not None
-        for i in range(job["spec"]["completions"]):
-            term = {"exitCode": 0, "reason": "Completed", "message": message if i == 0 else ""}
-            self.set_pod(
-                attempt, i, "Succeeded", containerStatuses=[{"name": "trainer", "state": {"terminated": term}}]
-            )
-        job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
-
-
-def pretrain(name: str = "base", nodes: int = 2, **run_policy: Any) -> Obj:
-    return {
-        "apiVersion": "forgeline.io/v1alpha1",
-        "kind": "PretrainJob",
-        "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "generation": 1},
-        "spec": {
-            "model": {"config": {"layers": 2, "hiddenSize": 64, "heads": 4, "vocabSize": 512, "contextLength": 64}},
-            "data": {"synthetic": {}},
-            "resources": {"nodes": nodes, "gpusPerNode": 8},
-            "runPolicy": run_policy,
-        },
-    }
-
-
-class Harness:
-    def __init__(self, *bodies: Obj) -> None:
-        self.cluster = FakeCluster()
-        self.now = T0
-        for body in bodies:
-            self.cluster.put(body)
-        self.reconciler = Reconciler(self.cluster, RenderSettings(store="s3://store"), clock=lambda: self.now)
-
-    def run(self, name: str = "base", kind: str = "PretrainJob") -> float | None:
-        return self.reconciler.reconcile(kind, "default", name)
-
-    def status(self, name: str = "base", kind: str = "PretrainJob") -> Obj:
-        obj = self.cluster.get(kind, "default", name)
-        assert obj is not None
-        return obj.get("status") or {}
-
-    def condition(self, type_: str, name: str = "base") -> Obj:
-        return next(c for c in self.status(name)["conditions"] if c["type"] == type_)
-
-    def tick(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-    def reasons(self) -> list[str]:
-        return [r for _, r, _ in self.cluster.events]
+from forgeline.operator.render import KUEUE_QUEUE_LABEL, RenderSettings
 
 
 def test_first_pass_creates_attempt_one_and_status() -> None:
@@ -183,6 +32,40 @@ def test_first_pass_creates_attempt_one_and_status() -> None:
     assert h.condition("Created")["status"] == "True"
     assert h.condition("InputsReady")["reason"] == "InputsResolved"
     assert "Created" in h.cluster.events[-1][2] or "AttemptCreated" in h.reasons()
+
+
+def test_with_gang_scheduling_the_pod_group_comes_and_goes_with_its_attempt() -> None:
+    h = Harness(pretrain(nodes=3))
+    h.reconciler.settings = replace(h.reconciler.settings, gang_scheduling=True)
+    h.run()
+    assert h.cluster.applied == [
+        "ConfigMap/base-pretrain-a1",
+        "Service/base-pretrain-a1",
+        "PodGroup/base-pretrain-a1",
+        "Job/base-pretrain-a1",
+    ]
+    h.cluster.make_pods(1)
+    h.cluster.fail_pod(1, 0, 1, message="RuntimeError: NCCL timeout")
+    h.run()
+    groups = [k for k in h.cluster.objects if k[0] == "PodGroup"]
+    assert groups == [("PodGroup", "default", "base-pretrain-a2")], "attempt 1's group went with its Job"
+
+
+def test_a_finished_job_is_counted_once_on_the_transition_and_not_after_an_operator_restart() -> None:
+    finished: list[tuple[str, str]] = []
+    h = Harness(pretrain())
+    h.reconciler.on_finished = lambda kind, result: finished.append((kind, result))
+    h.run()
+    h.cluster.make_pods(1)
+    h.run()
+    assert finished == []
+    h.cluster.fail_pod(1, 0, EXIT_BAD_CONFIG, message="bad config")
+    h.run()
+    h.run()
+    assert finished == [("PretrainJob", "Failed")]
+    restarted = Reconciler(h.cluster, h.reconciler.settings, clock=lambda: h.now, on_finished=h.reconciler.on_finished)
+    restarted.reconcile("PretrainJob", "default", "base")
+    assert finished == [("PretrainJob", "Failed")], "already Failed when this process first saw it"
 
 
 def test_status_is_written_only_when_it_changes() -> None:
@@ -235,12 +118,18 @@ def test_retryable_failure_restarts_whole_gang_as_next_attempt() -> None:
 def test_restart_uses_a_new_rendezvous_id() -> None:
     h = Harness(pretrain())
     h.run()
-    env1 = {e["name"]: e.get("value") for e in h.cluster.job_of(1)["spec"]["template"]["spec"]["containers"][0]["env"]}  # type: ignore[index]
+
+    def rdzv_id(attempt: int) -> str | None:
+        job = h.cluster.job_of(attempt)
+        assert job is not None
+        env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return env[torchrun.PET_RDZV_ID]
+
+    first = rdzv_id(1)
     h.cluster.make_pods(1)
     h.cluster.fail_pod(1, 0, 1)
     h.run()
-    env2 = {e["name"]: e.get("value") for e in h.cluster.job_of(2)["spec"]["template"]["spec"]["containers"][0]["env"]}  # type: ignore[index]
-    assert env1["PET_RDZV_ID"] == "uid-base-1" and env2["PET_RDZV_ID"] == "uid-base-2"
+    assert (first, rdzv_id(2)) == ("uid-base-1", "uid-base-2")
 
 
 def test_backoff_limit_exhausted_fails_with_the_last_cause() -> None:
@@ -263,9 +152,8 @@ def test_permanent_exit_fails_at_once_without_retry() -> None:
     h = Harness(pretrain())
     h.run()
     h.cluster.make_pods(1)
-    h.cluster.fail_pod(
-        1, 0, 2, message='{"error": "bad config: field \'training.batch_size\': must be >= 1", "exit_code": 2}'
-    )
+    result = {"error": "bad config: field 'training.batch_size': must be >= 1", "exit_code": EXIT_BAD_CONFIG}
+    h.cluster.fail_pod(1, 0, EXIT_BAD_CONFIG, message=json.dumps(result))
     h.run()
     status = h.status()
     assert status["state"] == "Failed" and status["restarts"] == 0 and status["attempt"] == 1
@@ -313,16 +201,9 @@ def test_success_records_output_and_digest_from_rank_zero() -> None:
 def test_unschedulable_gang_fails_after_the_startup_deadline_with_the_schedulers_message() -> None:
     h = Harness(pretrain(startupDeadlineSeconds=10))
     h.run()
-    unschedulable = [
-        {
-            "type": "PodScheduled",
-            "status": "False",
-            "reason": "Unschedulable",
-            "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
-        }
-    ]
-    h.cluster.set_pod(1, 0, "Pending", conditions=unschedulable)
-    h.cluster.set_pod(1, 1, "Pending", conditions=unschedulable)
+    unschedulable = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+    h.cluster.set_pod(1, 0, "Pending", unschedulable=unschedulable)
+    h.cluster.set_pod(1, 1, "Pending", unschedulable=unschedulable)
     h.tick(5)
     wait = h.run()
     assert h.status()["state"] == "Created"
@@ -402,17 +283,8 @@ def test_a_leftover_older_attempt_is_cleaned_up() -> None:
     assert h.cluster.job_of(1) is None and h.cluster.job_of(2) is not None
 
 
-def chained() -> Obj:
-    return {
-        "apiVersion": "forgeline.io/v1alpha1",
-        "kind": "LoRAJob",
-        "metadata": {"name": "tuned", "namespace": "default", "uid": "uid-tuned", "generation": 1},
-        "spec": {"model": {"fromJob": {"kind": "PretrainJob", "name": "base"}}, "data": {"synthetic": {}}},
-    }
-
-
 def test_downstream_waits_then_consumes_upstream_output_with_lineage() -> None:
-    h = Harness(chained())
+    h = Harness(lora())
     h.run("tuned", "LoRAJob")
     assert h.status("tuned", "LoRAJob")["state"] == "Waiting"
     cond = next(c for c in h.status("tuned", "LoRAJob")["conditions"] if c["type"] == "InputsReady")
@@ -458,7 +330,7 @@ def test_upstream_failure_is_reported_downstream() -> None:
             }
         ],
     }
-    h = Harness(failed, chained())
+    h = Harness(failed, lora())
     h.run("tuned", "LoRAJob")
     cond = next(c for c in h.status("tuned", "LoRAJob")["conditions"] if c["type"] == "InputsReady")
     assert cond["reason"] == "UpstreamFailed" and "pod base-0 OOMKilled" in cond["message"]
@@ -495,12 +367,11 @@ def test_decide_is_pure() -> None:
     h.run()
     body = h.cluster.get("PretrainJob", "default", "base")
     assert body is not None
-    from forgeline.api.validate import parse_job
-    from forgeline.operator.decide import Observed
-
     before = copy.deepcopy(body)
-    plan1 = decide(parse_job(body), Observed(body, [], [], {}, T0), RenderSettings())
-    plan2 = decide(parse_job(body), Observed(body, [], [], {}, T0), RenderSettings())
+    snapshot = observed(body)
+    plan1 = decide(job(body), snapshot, RenderSettings())
+    plan2 = decide(job(body), snapshot, RenderSettings())
+    assert snapshot.body == before
     assert body == before
     assert plan1.status == plan2.status and plan1.apply == plan2.apply
 
@@ -526,7 +397,7 @@ def test_progress_is_scraped_from_rank_zero_while_running() -> None:
 
 def test_a_kueue_job_waits_for_admission_without_a_startup_deadline() -> None:
     body = pretrain(startupDeadlineSeconds=5)
-    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "gpu-queue"}
+    body["metadata"]["labels"] = {KUEUE_QUEUE_LABEL: "gpu-queue"}
     h = Harness(body)
     h.run()
     job = h.cluster.job_of(1)
@@ -559,7 +430,7 @@ def test_controller_starts_a_downstream_as_soon_as_its_upstream_succeeds() -> No
             time.sleep(0.005)
 
     try:
-        controller.job_changed(cluster.put(chained()))
+        controller.job_changed(cluster.put(lora()))
         wait(lambda: (cluster.get("LoRAJob", "default", "tuned") or {}).get("status", {}).get("state") == "Waiting")
         base = pretrain()
         base["status"] = {

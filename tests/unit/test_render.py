@@ -1,46 +1,47 @@
-"""render, table-tested: one job + one attempt -> ConfigMap, headless Service, Indexed Job."""
+"""render, table-tested: one job + one attempt -> ConfigMap, headless Service, Indexed Job (and,
+where the cluster serves them, the PodGroup that places the attempt as a gang)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from testbed.builders import job as parsed
+from testbed.builders import job_body
 
-from forgeline.api.spec import RESERVED_ENV
+from forgeline.api import torchrun
+from forgeline.api.kinds import API_VERSION
 from forgeline.api.stageconfig import ResolvedInput
-from forgeline.api.validate import parse_job
 from forgeline.jobs.contract import parse_config
+from forgeline.jobs.errors import EXIT_BAD_CONFIG, EXIT_MISSING_INPUT
 from forgeline.operator.render import (
+    CONTAINER,
     KUEUE_QUEUE_LABEL,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_KIND,
+    LABEL_RANK,
     NCCL_DEFAULTS,
+    RUN_AS_USER,
+    SCRATCH_MOUNT,
     Owner,
     RenderSettings,
     child_name,
     render_attempt,
 )
 
+ROOT = Path(__file__).parents[2]
 UID = "0b5e-uid"
 SETTINGS = RenderSettings(image="trainer:test", store="s3://store", metrics_port=9400)
+GANG = replace(SETTINGS, gang_scheduling=True)
 
 
 def make(kind: str = "PretrainJob", name: str = "base", **spec: Any) -> Any:
-    body: dict[str, Any] = {
-        "apiVersion": "forgeline.io/v1alpha1",
-        "kind": kind,
-        "metadata": {"name": name, "namespace": "team-a"},
-        "spec": {"data": {"synthetic": {"examples": 100}}},
-    }
-    if kind == "PretrainJob":
-        body["spec"]["model"] = {
-            "config": {"layers": 2, "hiddenSize": 64, "heads": 4, "vocabSize": 512, "contextLength": 64}
-        }
-    elif kind == "RLHFJob":
-        body["spec"]["rlhf"] = {"policy": {"uri": "s3://m/p"}, "rewardModel": {"uri": "s3://m/r"}}
-    else:
-        body["spec"]["model"] = {"fromJob": {"kind": "PretrainJob", "name": "base"}}
-    body["spec"].update(spec)
-    return parse_job(body)
+    """A parsed job of `kind` in namespace team-a; `spec` keys replace the builder's defaults."""
+    return parsed(job_body(kind, name, namespace="team-a", data={"synthetic": {"examples": 100}}, **spec))
 
 
 def render(job: Any = None, attempt: int = 1, owner: Owner | None = None, **kw: Any) -> dict[str, dict[str, Any]]:
@@ -86,7 +87,7 @@ def test_every_child_is_owned_by_the_job_and_labelled() -> None:
     for obj in render().values():
         (ref,) = obj["metadata"]["ownerReferences"]
         assert ref == {
-            "apiVersion": "forgeline.io/v1alpha1",
+            "apiVersion": API_VERSION,
             "kind": "PretrainJob",
             "name": "base",
             "uid": UID,
@@ -94,9 +95,34 @@ def test_every_child_is_owned_by_the_job_and_labelled() -> None:
             "blockOwnerDeletion": True,
         }
         labels = obj["metadata"]["labels"]
-        assert labels["forgeline.io/job"] == "base"
-        assert labels["forgeline.io/kind"] == "PretrainJob"
-        assert labels["forgeline.io/attempt"] == "1"
+        assert labels[LABEL_JOB] == "base"
+        assert labels[LABEL_KIND] == "PretrainJob"
+        assert labels[LABEL_ATTEMPT] == "1"
+
+
+@pytest.mark.parametrize("nodes", [1, 3, 16])
+def test_with_gang_scheduling_an_attempt_is_one_pod_group_of_all_its_nodes(nodes: int) -> None:
+    objs = render_attempt(make(resources={"nodes": nodes}), Owner(UID, labels={"team": "nlp"}), 2, {}, GANG)
+    assert [o["kind"] for o in objs] == ["ConfigMap", "Service", "PodGroup", "Job"], "the group exists before its pods"
+    by_kind = {o["kind"]: o for o in objs}
+    group, batch = by_kind["PodGroup"], by_kind["Job"]
+    assert group["apiVersion"] == "scheduling.k8s.io/v1alpha2"
+    assert group["metadata"] == batch["metadata"], "named, labelled and owned like the attempt's Job"
+    assert group["metadata"]["name"] == "base-pretrain-a2" and group["metadata"]["labels"]["team"] == "nlp"
+    assert group["spec"] == {"schedulingPolicy": {"gang": {"minCount": nodes}}}
+    assert pod_spec(by_kind)["schedulingGroup"] == {"podGroupName": "base-pretrain-a2"}
+
+
+def test_without_gang_scheduling_there_is_no_pod_group_and_pods_join_none() -> None:
+    objs = render()
+    assert "PodGroup" not in objs
+    assert "schedulingGroup" not in pod_spec(objs)
+
+
+def test_gang_scheduling_changes_nothing_else_of_the_attempt() -> None:
+    plain, gang = render(), render(settings=GANG)
+    del gang["PodGroup"], pod_spec(gang)["schedulingGroup"]
+    assert gang == plain
 
 
 def test_config_map_holds_a_stage_config_the_training_side_accepts() -> None:
@@ -115,11 +141,7 @@ def test_service_is_headless_and_publishes_not_ready_addresses() -> None:
     svc = render()["Service"]["spec"]
     assert svc["clusterIP"] == "None"
     assert svc["publishNotReadyAddresses"] is True
-    assert svc["selector"] == {
-        "forgeline.io/job": "base",
-        "forgeline.io/kind": "PretrainJob",
-        "forgeline.io/attempt": "1",
-    }
+    assert svc["selector"] == {LABEL_JOB: "base", LABEL_KIND: "PretrainJob", LABEL_ATTEMPT: "1"}
     assert svc["ports"][0]["port"] == 29500
 
 
@@ -136,7 +158,7 @@ def test_pod_failure_policy_fails_on_permanent_codes_and_ignores_disruptions() -
     rules = render()["Job"]["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {
         "action": "FailJob",
-        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3]},
+        "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_BAD_CONFIG, EXIT_MISSING_INPUT]},
     }
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert pod_spec(render())["restartPolicy"] == "Never"
@@ -144,27 +166,26 @@ def test_pod_failure_policy_fails_on_permanent_codes_and_ignores_disruptions() -
 
 def test_env_contract_for_a_4_node_8_gpu_job() -> None:
     env = env_of(render(make(resources={"nodes": 4, "gpusPerNode": 8}), attempt=2))
-    assert env["PET_NNODES"] == "4"
-    assert env["PET_NPROC_PER_NODE"] == "8"
-    assert env["PET_NODE_RANK"] == {
-        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
-    }
-    assert env["PET_MASTER_ADDR"] == "base-pretrain-a2-0.base-pretrain-a2"
-    assert env["PET_MASTER_PORT"] == "29500"
-    assert env["PET_RDZV_ID"] == f"{UID}-2"
+    assert env[torchrun.PET_NNODES] == "4"
+    assert env[torchrun.PET_NPROC_PER_NODE] == "8"
+    assert env[torchrun.PET_NODE_RANK] == {"fieldRef": {"fieldPath": f"metadata.annotations['{LABEL_RANK}']"}}
+    assert env[torchrun.PET_MASTER_ADDR] == "base-pretrain-a2-0.base-pretrain-a2"
+    assert env[torchrun.PET_MASTER_PORT] == "29500"
+    assert env[torchrun.PET_RDZV_ID] == f"{UID}-2"
     assert env["HF_HUB_OFFLINE"] == "1"
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+    for name in torchrun.TORCH_PROCESS_ENV:
         assert name not in env  # node-level RANK/WORLD_SIZE confuse torch (kubeflow/trainer#1790)
 
 
 def test_rendezvous_id_changes_with_every_attempt() -> None:
-    ids = {env_of(render(attempt=n))["PET_RDZV_ID"] for n in (1, 2, 3)}
+    ids = {env_of(render(attempt=n))[torchrun.PET_RDZV_ID] for n in (1, 2, 3)}
     assert len(ids) == 3
 
 
 def test_procs_per_node_defaults_to_one_without_gpus() -> None:
-    assert env_of(render(make(resources={"gpusPerNode": 0})))["PET_NPROC_PER_NODE"] == "1"
-    assert env_of(render(make(resources={"gpusPerNode": 8, "procsPerNode": 2})))["PET_NPROC_PER_NODE"] == "2"
+    procs = torchrun.PET_NPROC_PER_NODE
+    assert env_of(render(make(resources={"gpusPerNode": 0})))[procs] == "1"
+    assert env_of(render(make(resources={"gpusPerNode": 8, "procsPerNode": 2})))[procs] == "2"
 
 
 def test_user_env_overrides_nccl_defaults_and_comes_after_them() -> None:
@@ -181,17 +202,17 @@ def test_user_env_overrides_nccl_defaults_and_comes_after_them() -> None:
 
 def test_contract_variables_come_last_so_nothing_can_shadow_them() -> None:
     names = [e["name"] for e in pod_spec(render())["containers"][0]["env"]]
-    assert names[-1] == "FORGELINE_TERMINATION_MESSAGE_PATH"
+    assert names[-1] == torchrun.FORGELINE_TERMINATION_MESSAGE_PATH
     names = names[:-1]
     assert names[-6:] == [
-        "PET_NNODES",
-        "PET_NPROC_PER_NODE",
-        "PET_NODE_RANK",
-        "PET_MASTER_ADDR",
-        "PET_MASTER_PORT",
-        "PET_RDZV_ID",
+        torchrun.PET_NNODES,
+        torchrun.PET_NPROC_PER_NODE,
+        torchrun.PET_NODE_RANK,
+        torchrun.PET_MASTER_ADDR,
+        torchrun.PET_MASTER_PORT,
+        torchrun.PET_RDZV_ID,
     ]
-    assert all(n in RESERVED_ENV for n in names[-6:])
+    assert all(n in torchrun.RESERVED_ENV for n in names[-6:])
 
 
 def test_storage_credentials_only_through_secret_key_refs() -> None:
@@ -243,7 +264,8 @@ def test_gpu_limits_and_tolerations(resources: dict[str, Any], limits: Any, tole
 
 
 def test_users_scheduling_fields_pass_through() -> None:
-    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    term = {"matchExpressions": [{"key": "gpu.example.com/class", "operator": "In", "values": ["h100"]}]}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
     job = make(
         resources={
             "nodeSelector": {"pool": "h100"},
@@ -254,7 +276,8 @@ def test_users_scheduling_fields_pass_through() -> None:
     )
     spec = pod_spec(render(job))
     assert spec["nodeSelector"] == {"pool": "h100"}
-    assert spec["affinity"] == affinity
+    required = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required["nodeSelectorTerms"][0]["matchExpressions"] == term["matchExpressions"]
     assert spec["priorityClassName"] == "training-high"
     assert spec["schedulerName"] == "volcano"
 
@@ -264,13 +287,67 @@ def test_pods_get_no_api_token_and_a_restrictive_security_context() -> None:
     assert spec["automountServiceAccountToken"] is False
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["securityContext"]["runAsUser"] == RUN_AS_USER != 0
     ctx = spec["containers"][0]["securityContext"]
     assert ctx == {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
+    assert "hostNetwork" not in spec and "hostPID" not in spec and "hostIPC" not in spec
+
+
+def test_everything_the_trainer_writes_lands_on_the_scratch_empty_dir() -> None:
+    """The root filesystem is read-only: HOME, the Hugging Face and Triton caches and the stage's
+    scratch (FORGELINE_SCRATCH) all point into the /tmp emptyDir, so nothing writes elsewhere."""
+    objs = render()
+    spec, env = pod_spec(objs), env_of(objs)
+    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes[mounts[SCRATCH_MOUNT]]
+    for name in ("HOME", "XDG_CACHE_HOME", "HF_HOME", "TRITON_CACHE_DIR", "FORGELINE_SCRATCH"):
+        assert env[name] == SCRATCH_MOUNT or env[name].startswith(SCRATCH_MOUNT + "/"), name
+    writable = {path for path, name in mounts.items() if "emptyDir" in volumes[name]}
+    assert writable == {SCRATCH_MOUNT, "/dev/shm"}
+
+
+def test_env_value_from_renders_as_the_core_v1_source() -> None:
+    env = [
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    rendered = env_of(render(make(resources={"env": env})))
+    assert rendered["TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert rendered["POD"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "job-name",
+        "controller-uid",
+        "batch.kubernetes.io/job-name",
+        "kubernetes.io/x",
+        "node.k8s.io/y",
+        "forgeline.io/z",
+    ],
+)
+def test_kubernetes_managed_metadata_never_reaches_the_children(key: str) -> None:
+    owner = Owner(UID, labels={key: "spoofed", "team": "nlp"}, annotations={key: "spoofed"})
+    objs = render(owner=owner)
+    template = objs["Job"]["spec"]["template"]["metadata"]
+    for meta in (template, objs["Job"]["metadata"], objs["Service"]["metadata"]):
+        assert meta["labels"].get(key) != "spoofed"
+        assert (meta.get("annotations") or {}).get(key) != "spoofed"
+    assert template["labels"]["team"] == "nlp"
+
+
+def test_recommended_app_labels_and_kueue_names_still_pass_through() -> None:
+    labels = {"app.kubernetes.io/part-of": "llm", KUEUE_QUEUE_LABEL: "gpu"}
+    template = render(owner=Owner(UID, labels=labels))["Job"]["spec"]["template"]["metadata"]
+    assert labels.items() <= template["labels"].items()
 
 
 def test_pods_are_addressable_under_the_headless_service() -> None:
@@ -303,7 +380,7 @@ def test_kueue_queue_label_passes_through_and_the_job_starts_suspended() -> None
 def test_private_metadata_stays_on_the_job_object() -> None:
     owner = Owner(
         UID,
-        labels={"forgeline.io/job": "spoofed", "app": "x"},
+        labels={LABEL_JOB: "spoofed", "app": "x"},
         annotations={
             "kubectl.kubernetes.io/last-applied-configuration": "{}",
             "operator.forgeline.io/last-handled-configuration": "{}",
@@ -311,10 +388,20 @@ def test_private_metadata_stays_on_the_job_object() -> None:
         },
     )
     template = render(owner=owner)["Job"]["spec"]["template"]["metadata"]
-    assert template["labels"]["forgeline.io/job"] == "base"
+    assert template["labels"][LABEL_JOB] == "base"
     assert template["labels"]["app"] == "x"
     assert template["annotations"] == {"example.com/cost-centre": "42"}
 
 
 def test_render_is_pure_and_deterministic() -> None:
     assert render() == render()
+
+
+def test_the_label_keys_rendered_are_the_ones_the_docs_and_the_chart_name() -> None:
+    """Users select on these keys and the chart's PodMonitor finds rank 0 by them: a renamed
+    constant must fail here, not in a dashboard."""
+    docs = (ROOT / "docs" / "operator.md").read_text()
+    for key in (LABEL_JOB, LABEL_KIND, LABEL_ATTEMPT, LABEL_RANK):
+        assert f"`{key}`" in docs, key
+    monitor = (ROOT / "charts" / "forgeline" / "templates" / "podmonitor.yaml").read_text()
+    assert f"key: {LABEL_JOB}\n" in monitor and f"key: {LABEL_RANK}\n" in monitor

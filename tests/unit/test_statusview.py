@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+from testbed.builders import condition, with_status
 
 from forgeline.api.manifests import load_documents
 from forgeline.cli.status import render_tree
@@ -11,32 +12,28 @@ from forgeline.cli.status import render_tree
 EXAMPLE = Path(__file__).parents[2] / "examples" / "pipeline.yaml"
 
 
-def with_status(doc: dict[str, Any], **status: Any) -> dict[str, Any]:
-    return {**doc, "status": status}
-
-
 def test_pipeline_tree_shows_each_stage_under_its_input_with_state_progress_and_output() -> None:
     docs = {d.body["kind"]: d.body for d in load_documents(EXAMPLE)}
     objects = [
         with_status(
             docs["PretrainJob"],
-            state="Succeeded",
-            progress={"summary": "300/300 (100%)"},
-            output={"uri": "s3://store/base", "digest": "sha256:" + "ab" * 32},
+            {
+                "state": "Succeeded",
+                "progress": {"summary": "300/300 (100%)"},
+                "output": {"uri": "s3://store/base", "digest": "sha256:" + "ab" * 32},
+            },
         ),
-        with_status(docs["RewardModelJob"], state="Running", restarts=1, progress={"summary": "75/150 (50%)"}),
+        with_status(
+            docs["RewardModelJob"], {"state": "Running", "restarts": 1, "progress": {"summary": "75/150 (50%)"}}
+        ),
         with_status(
             docs["RLHFJob"],
-            state="Waiting",
-            conditions=[
-                {
-                    "type": "InputsReady",
-                    "status": "False",
-                    "reason": "WaitingForUpstream",
-                    "message": "RewardModelJob/judge is Running",
-                    "lastTransitionTime": "2026-11-26T00:00:00Z",
-                }
-            ],
+            {
+                "state": "Waiting",
+                "conditions": [
+                    condition("InputsReady", "WaitingForUpstream", "False", "RewardModelJob/judge is Running")
+                ],
+            },
         ),
         docs["LoRAJob"],
     ]

@@ -47,16 +47,14 @@ groups:
           summary: {{`'{{ $labels.kind }} gangs keep restarting ({{ $labels.reason }})'`}}
           description: {{ printf "'More than %d whole-gang restarts in the last hour for reason {{ $labels.reason }}: each one loses the steps since the last checkpoint. Look at the jobs'' Restarting condition and Events.'" (int $a.restartsPerHour) }}
       - alert: ForgelineJobFailed
-        # The gauge of jobs in state Failed grew over the last 10 minutes (the operator exports no
-        # per-job series, and no counter of finished jobs). Fires for 10 minutes after a failure.
-        expr: |-
-          sum by (namespace, kind) (forgeline_operator_jobs{state="Failed"})
-            - sum by (namespace, kind) (forgeline_operator_jobs{state="Failed"} offset 10m) > 0
+        # Jobs that reached Failed in the last 10 minutes (the counter the operator increments once
+        # per job, on the transition). Fires for 10 minutes after a failure.
+        expr: sum by (namespace, kind) (increase(forgeline_jobs_finished_total{result="Failed"}[10m])) > 0
         labels:
           severity: warning
         annotations:
           summary: {{`'A {{ $labels.kind }} failed'`}}
-          description: {{ printf "'%s more %s jobs are Failed than 10 minutes ago. `kubectl get llmjobs -A` shows which; the Failed condition says why (a permanent exit code, backoffLimit exhausted, a deadline).'" "{{ $value }}" "{{ $labels.kind }}" }}
+          description: {{ printf "'%s jobs failed in the last 10 minutes. `kubectl get llmjobs -A` shows which; the Failed condition says why (a permanent exit code, backoffLimit exhausted, a deadline).'" "{{ $labels.kind }}" }}
       - alert: ForgelineHandoffSlow
         # Upstream Succeeded -> downstream's first attempt created; normally well under a second.
         expr: histogram_quantile(0.9, sum by (namespace, kind, le) (rate(forgeline_operator_stage_handoff_seconds_bucket[30m]))) > {{ $a.handoffSlowSeconds }}
@@ -79,6 +77,16 @@ groups:
         annotations:
           summary: 'The forgeline operator is down'
           description: {{ printf "'Prometheus has not scraped the forgeline operator (job %s in namespace %s) for %d minutes: no job is reconciled, restarted or handed off. Check `kubectl -n %s get pods,events`.'" $job $ns (int $a.operatorDownMinutes) $ns }}
+      - alert: ForgelineNoLeader
+        # Replicas are scraped but none holds the Lease: nothing reconciles (lease RBAC, API errors).
+        expr: |-
+          max by (job, namespace) (forgeline_operator_leader{job="{{ $job }}", namespace="{{ $ns }}"}) < 1
+        for: {{ $a.operatorDownMinutes }}m
+        labels:
+          severity: critical
+        annotations:
+          summary: 'No forgeline operator replica leads'
+          description: {{ printf "'The forgeline operator (job %s in namespace %s) is up but no replica has held its Lease for %d minutes: no job is reconciled. Look at the replicas'' logs for lease errors (`kubectl -n %s logs -l app.kubernetes.io/component=operator`).'" $job $ns (int $a.operatorDownMinutes) $ns }}
       - alert: ForgelineReconcileErrors
         expr: |-
           sum by (namespace, kind) (rate(forgeline_operator_reconcile_errors_total[10m]))

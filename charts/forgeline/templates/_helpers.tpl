@@ -76,19 +76,24 @@ the cluster) or monitoring.force says so (helm template has no cluster to ask).
 
 {{/* The rules for the namespaced resources the operator handles (a ClusterRole's or each Role's). */}}
 {{- define "forgeline.namespacedRules" -}}
-  # The four job kinds: kopf watches them (and may patch its annotations on them); a finished job
+  # The five job kinds: kopf watches them (and may patch its annotations on them); a finished job
   # with spec.runPolicy.ttlSecondsAfterFinished deletes itself.
   - apiGroups: [forgeline.io]
-    resources: [pretrainjobs, rewardmodeljobs, rlhfjobs, lorajobs]
+    resources: [pretrainjobs, rewardmodeljobs, rlhfjobs, lorajobs, evaljobs]
     verbs: [get, list, watch, patch, delete]
   # Status is written once per reconcile pass (a merge patch guarded by resourceVersion).
   - apiGroups: [forgeline.io]
-    resources: [pretrainjobs/status, rewardmodeljobs/status, rlhfjobs/status, lorajobs/status]
+    resources: [pretrainjobs/status, rewardmodeljobs/status, rlhfjobs/status, lorajobs/status, evaljobs/status]
     verbs: [get, patch]
   # Children carry ownerReferences with blockOwnerDeletion, which OwnerReferencesPermissionEnforcement
   # allows only to who may update the owner's finalizers.
   - apiGroups: [forgeline.io]
-    resources: [pretrainjobs/finalizers, rewardmodeljobs/finalizers, rlhfjobs/finalizers, lorajobs/finalizers]
+    resources:
+      - pretrainjobs/finalizers
+      - rewardmodeljobs/finalizers
+      - rlhfjobs/finalizers
+      - lorajobs/finalizers
+      - evaljobs/finalizers
     verbs: [update]
   # One Indexed Job per attempt, written with server-side apply, deleted when the gang restarts.
   - apiGroups: [batch]
@@ -97,6 +102,11 @@ the cluster) or monitoring.force says so (helm template has no cluster to ask).
   # The per-attempt stage config and the headless rendezvous Service.
   - apiGroups: [""]
     resources: [configmaps, services]
+    verbs: [get, list, create, patch, delete]
+  # Where the cluster serves them (gang placement, KEP-4671): one PodGroup per attempt, written
+  # with server-side apply, deleted with its attempt.
+  - apiGroups: [scheduling.k8s.io]
+    resources: [podgroups]
     verbs: [get, list, create, patch, delete]
   # The Job controller creates the pods; the operator only reads them (phase, exit codes, rank 0's IP).
   - apiGroups: [""]
@@ -124,12 +134,50 @@ the cluster) or monitoring.force says so (helm template has no cluster to ask).
 {{- with $op.storage.credentialsSecret }}
 - --storage-secret={{ . }}
 {{- end }}
+{{- range $op.allowedUriPrefixes }}
+- --allowed-uri-prefix={{ . }}
+{{- end }}
 - --trainer-metrics-port={{ $op.trainerMetricsPort }}
 {{- range $name, $value := $op.trainerEnv }}
 - --trainer-env={{ $name }}={{ $value }}
 {{- end }}
 - --log-level={{ $op.logLevel }}
+{{- with .Values.leaderElection }}
+{{- if .enabled }}
+- --leader-elect
+- --leader-election-namespace={{ $.Release.Namespace }}
+- --leader-election-id={{ include "forgeline.leaseName" $ }}
+- --lease-duration={{ .leaseDurationSeconds }}
+- --renew-deadline={{ .renewDeadlineSeconds }}
+- --retry-period={{ .retryPeriodSeconds }}
+{{- end }}
+{{- end }}
 {{- range $op.extraArgs }}
 - {{ . }}
 {{- end }}
+{{- end }}
+
+{{/* The leader-election Lease's name (in the release namespace). */}}
+{{- define "forgeline.leaseName" -}}
+{{- default (include "forgeline.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/*
+Operator replicas: more than one only with leader election (two unelected operators would both
+write), and lease timings in client-go's order (lease > renew deadline > 1.2 x retry period).
+*/}}
+{{- define "forgeline.replicas" -}}
+{{- $le := .Values.leaderElection }}
+{{- if and (gt (int .Values.replicaCount) 1) (not $le.enabled) }}
+{{- fail (printf "replicaCount %d needs leaderElection.enabled: two operators without a lease would both reconcile every job" (int .Values.replicaCount)) }}
+{{- end }}
+{{- if $le.enabled }}
+{{- if le (int $le.leaseDurationSeconds) (int $le.renewDeadlineSeconds) }}
+{{- fail "leaderElection.leaseDurationSeconds must be more than renewDeadlineSeconds (the difference is the gap between the old leader stopping and a standby starting)" }}
+{{- end }}
+{{- if lt (mulf (float64 $le.retryPeriodSeconds) 1.2) (float64 $le.renewDeadlineSeconds) | not }}
+{{- fail "leaderElection.renewDeadlineSeconds must be more than 1.2 x retryPeriodSeconds" }}
+{{- end }}
+{{- end }}
+{{- .Values.replicaCount }}
 {{- end }}

@@ -2,7 +2,7 @@
 # Regenerates go.mod/go.sum for a new KUBE_VERSION: every staging module k8s.io/kubernetes
 # replaces with ./staging/... is pinned to its published v0.<minor>.<patch> tag instead.
 set -euo pipefail
-KUBE_VERSION=${KUBE_VERSION:-v1.34.4}
+KUBE_VERSION=${KUBE_VERSION:-v1.36.3}
 export GOTOOLCHAIN=local
 cd "$(dirname "$0")"
 staging=v0.${KUBE_VERSION#v1.}
