@@ -327,7 +327,7 @@ class RewardModelJob(_JobBase):
 
 
 class RLHFJob(_JobBase):
-    """Improves a policy language model against a reward model with RLOO or GRPO."""
+    """Improves a policy language model: RLOO or GRPO against a reward model, or DPO on preference pairs."""
 
     kind_name = "RLHFJob"
     plural = "rlhfjobs"

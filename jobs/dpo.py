@@ -26,12 +26,11 @@ from forgeline.jobs import data as datamod
 from forgeline.jobs import modeling
 from forgeline.jobs import records as recordsmod
 from forgeline.jobs.contract import ConfigError
-from forgeline.jobs.hf_bridge import CheckpointMirror, ProgressCallback, restore_latest
+from forgeline.jobs.hf_bridge import CheckpointMirror, ProgressCallback, restore_latest, save_trained
 from forgeline.jobs.loop import eval_due, sharded_eval, token_nll, total_steps, trainer_common_args
 from forgeline.jobs.lora import sft_batch
 from forgeline.jobs.runtime import Runtime
 from forgeline.jobs.scoring import PolicyEval, sample_completions
-from forgeline.jobs.storage import fresh_dir
 
 EVAL_SAMPLES = 8
 EVAL_PROMPTS = 64
@@ -233,11 +232,4 @@ def train(rt: Runtime, records: list[dict[str, Any]]) -> tuple[Path, dict[str, A
         **before,
         **after,
     }
-    out = rt.scratch / "output"
-    if rt.is_main:
-        fresh_dir(out)
-        trained.save_pretrained(str(out))
-        tokenizer.padding_side = "right"
-        tokenizer.save_pretrained(str(out))
-    rt.barrier()
-    return out, metrics
+    return save_trained(rt, trained, tokenizer), metrics

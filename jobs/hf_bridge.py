@@ -128,3 +128,19 @@ def restore_latest(rt: Runtime, output_dir: Path) -> str | None:
     st.fetch(rt.storage, uri, local, only=wanted)
     rt.emit("resumed", step=step, checkpoint=uri)
     return str(local)
+
+
+def save_trained(rt: Runtime, trained: Any, tokenizer: Any) -> Path:
+    """Save a trl-trained policy and its tokenizer as the stage output (rank 0); returns the directory.
+
+    The tokenizer pads on the left while it generates completions; a saved model pads on the right,
+    as transformers expects for training and scoring elsewhere.
+    """
+    out = rt.scratch / "output"
+    if rt.is_main:
+        st.fresh_dir(out)
+        trained.save_pretrained(str(out))
+        tokenizer.padding_side = "right"
+        tokenizer.save_pretrained(str(out))
+    rt.barrier()
+    return out

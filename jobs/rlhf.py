@@ -25,12 +25,11 @@ from forgeline.jobs import data as datamod
 from forgeline.jobs import dpo, modeling
 from forgeline.jobs import records as recordsmod
 from forgeline.jobs.contract import ConfigError
-from forgeline.jobs.hf_bridge import CheckpointMirror, ProgressCallback, restore_latest
+from forgeline.jobs.hf_bridge import CheckpointMirror, ProgressCallback, restore_latest, save_trained
 from forgeline.jobs.loop import total_steps, trainer_common_args
 from forgeline.jobs.reward import load_reward_model
 from forgeline.jobs.runtime import Runtime, exit_process, stage_main
 from forgeline.jobs.scoring import PolicyEval, RewardScorer, evaluate_policy
-from forgeline.jobs.storage import fresh_dir
 
 EVAL_SAMPLES = 8
 
@@ -163,14 +162,7 @@ def train(rt: Runtime) -> tuple[Path, dict[str, Any]]:
         metrics["eval_history"] = [
             {k: v for k, v in h.items() if "true_reward" not in k} for h in metrics["eval_history"]
         ]
-    out = rt.scratch / "output"
-    if rt.is_main:
-        fresh_dir(out)
-        trained.save_pretrained(str(out))
-        tokenizer.padding_side = "right"
-        tokenizer.save_pretrained(str(out))
-    rt.barrier()
-    return out, metrics
+    return save_trained(rt, trained, tokenizer), metrics
 
 
 def main(argv: list[str] | None = None) -> int:
