@@ -11,7 +11,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GOTOOLCHAIN := local
 STAMP = $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: demo test lint unit install testbins dev-cluster crds clean chaos bench-recovery
+.PHONY: demo test lint unit install testbins dev-cluster crds clean chaos bench-recovery bench-scale
 
 $(STAMP): pyproject.toml
 	@echo "==> installing forgeline[dev] into $(VENV) (first time: about 3-6 minutes, torch is ~2.5 GB with its CUDA libraries)"
@@ -53,6 +53,9 @@ chaos: $(STAMP)
 
 bench-recovery: $(STAMP)
 	FORGELINE_TESTBIN_DIR=$$(tests/cluster/kube/build.sh) $(PY) bench/recovery.py
+
+bench-scale: $(STAMP)
+	FORGELINE_TESTBIN_DIR=$$(tests/cluster/kube/build.sh) $(PY) bench/scale.py
 
 dev-cluster: $(STAMP)
 	FORGELINE_TESTBIN_DIR=$$(tests/cluster/kube/build.sh) PYTHONPATH=tests $(PY) -m testbed.launcher

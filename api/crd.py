@@ -18,6 +18,21 @@ from forgeline.api.fields import DNS_LABEL, MAX_JOB_NAME
 from forgeline.api.kinds import GROUP, IMMUTABLE_BLOCKS, KINDS, VERSION, JobStatus
 
 CATEGORY = "llmjobs"
+# `kubectl get llmjobs`: the same columns for the five kinds, so the category's tables line up.
+# Reason is the first condition that is False: InputsReady while Waiting, Running's (the pod-level
+# cause, or the failure's, which the operator copies there when a job finishes) otherwise. The
+# output URI is long (s3://bucket/namespace/kind/name) and read once per job: `-o wide`.
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "State", "type": "string", "jsonPath": ".status.state"},
+    {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.status=="False")].reason'},
+    {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt"},
+    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Output", "type": "string", "jsonPath": ".status.output.uri", "priority": 1},
+    {"name": "Evictions", "type": "integer", "jsonPath": ".status.evictions", "priority": 1},
+    {"name": "Nodes", "type": "integer", "jsonPath": ".spec.resources.nodes", "priority": 1},
+]
 _DROP = {"title", "$defs", "propertyNames", "discriminator"}
 
 
@@ -138,15 +153,7 @@ def crd_for(kind: str) -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "State", "type": "string", "jsonPath": ".status.state"},
-                        {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
-                        {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
-                        {"name": "Output", "type": "string", "jsonPath": ".status.output.uri"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                        {"name": "Nodes", "type": "integer", "jsonPath": ".spec.resources.nodes", "priority": 1},
-                        {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
-                    ],
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
                     "schema": {"openAPIV3Schema": openapi},
                 }
             ],

@@ -126,35 +126,9 @@ def _torchx(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from kubernetes import client, config
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
+    from forgeline.cli.status import run
 
-    from forgeline.api.kinds import GROUP, KINDS, VERSION
-    from forgeline.cli.status import render_tree
-
-    try:
-        config.load_kube_config(config_file=args.kubeconfig)
-    except (config.ConfigException, OSError) as exc:
-        print(f"error: cannot load a kubeconfig ({exc}); set KUBECONFIG or pass --kubeconfig", file=sys.stderr)
-        return 1
-    api = client.CustomObjectsApi()
-    objects: list[Any] = []
-    for cls in KINDS.values():
-        try:
-            listing = api.list_namespaced_custom_object(GROUP, VERSION, args.namespace, cls.plural)
-        except ApiException as exc:
-            hint = "; are the forgeline CRDs installed?" if exc.status == 404 else ""
-            where = f"{cls.plural} in {args.namespace}"
-            print(f"error: cannot list {where}: {exc.status} {exc.reason}{hint}", file=sys.stderr)
-            return 1
-        except (HTTPError, OSError) as exc:
-            print(f"error: cannot reach the API server ({type(exc).__name__}: {exc})", file=sys.stderr)
-            return 1
-        items = listing.get("items") if isinstance(listing, dict) else None
-        objects.extend(items if isinstance(items, list) else [])
-    print(render_tree(objects))
-    return 0
+    return run(args)
 
 
 def _pair(text: str, flag: str) -> tuple[str, str]:
@@ -256,6 +230,7 @@ def _operator(args: argparse.Namespace) -> int:
         check_uri = StoreProbe(settings.storage_endpoint)
     metrics = OperatorMetrics()
     kube = KubeClient.from_environment()
+    kube.on_request = metrics.api_request  # forgeline_operator_api_requests_total{verb,resource}
     # Gang placement where the cluster serves PodGroups; asked once, said once.
     settings = dataclasses.replace(settings, gang_scheduling=kube.serves_pod_groups())
     log = logging.getLogger("forgeline.operator")
@@ -274,7 +249,9 @@ def _operator(args: argparse.Namespace) -> int:
         resync_seconds=args.resync_seconds,
         check_uri=check_uri,
         # Lease requests time out within the renew deadline, as client-go's do.
-        elector=LeaderElector(KubeClient(kube.api, timeout=lease.renew_deadline), lease) if lease else None,
+        elector=LeaderElector(KubeClient(kube.api, timeout=lease.renew_deadline, on_request=metrics.api_request), lease)
+        if lease
+        else None,
     )
     if args.metrics_port:
         metrics.serve(args.metrics_port, addr=args.metrics_addr, ready=controller.ready, leading=controller.leading)
@@ -419,8 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_operator)
 
-    p = sub.add_parser("status", help="print a namespace's jobs as a pipeline tree")
-    p.add_argument("-n", "--namespace", default="default")
+    p = sub.add_parser("status", help="print jobs as pipeline trees: state, progress, age, output or cause")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's, else default")
+    where.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace; ends with totals by state")
+    p.add_argument("--state", action="append", metavar="STATE", help="only jobs in this state (repeatable)")
+    p.add_argument("--summary", action="store_true", help="only the counts of jobs by namespace and state")
+    p.add_argument("--chunk-size", type=int, default=500, help="objects per LIST request, paged (default 500)")
     p.add_argument("--kubeconfig", default=None)
     p.set_defaults(func=_status)
     return parser

@@ -5,6 +5,10 @@ connection pool) but skip its model classes: reconcile works on plain dicts, and
 list into typed models and back costs more than the request. Children are written with
 server-side apply under one field manager, so re-applying an unchanged object is a no-op and a
 second operator replica cannot fight over fields silently.
+
+Every request is counted by verb and resource (`on_request`, the operator's
+forgeline_operator_api_requests_total): what a pass costs the API server is then a number on
+/metrics, not a guess. kopf's own watches go through its own client and are not counted.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import logging
 import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -32,6 +37,7 @@ _BUILTIN = {
     "Event": ("/api/v1", "events"),
     "Job": ("/apis/batch/v1", "jobs"),
     "PodGroup": ("/apis/scheduling.k8s.io/v1alpha2", "podgroups"),
+    "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),  # read only (policies/kueue.py)
 }
 
 
@@ -43,6 +49,23 @@ class ApiError(Exception):
             detail = body
         super().__init__(f"{method} {path}: {status} {detail}")
         self.status = status
+
+
+def request_kind(method: str, path: str, query: dict[str, str] | None = None) -> tuple[str, str]:
+    """(verb, resource) of a request, for counting: GET of a collection is LIST (WATCH with
+    watch=true), the resource is the plural (a subresource counts as its object's; a discovery
+    request is `discovery`)."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    # /api/v1/... or /apis/<group>/<version>/...; then [namespaces/<ns>/]<plural>[/<name>[/<sub>]]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) != 2:
+        rest = rest[2:]
+    if not rest:
+        return method.upper(), "discovery"
+    verb = method.upper()
+    if verb == "GET" and len(rest) == 1:
+        verb = "WATCH" if (query or {}).get("watch") in ("true", "1") else "LIST"
+    return verb, rest[0]
 
 
 def resource_path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
@@ -63,9 +86,12 @@ def resource_path(kind: str, namespace: str, name: str | None = None, subresourc
 class KubeClient:
     """ClusterPort (reconcile.py) over kubernetes.client.ApiClient."""
 
-    def __init__(self, api_client: Any, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, api_client: Any, *, timeout: float = 30.0, on_request: Callable[[str, str], None] | None = None
+    ) -> None:
         self.api = api_client
         self.timeout = timeout
+        self.on_request = on_request  # (verb, resource) of every request sent, answered or not
 
     @classmethod
     def from_environment(cls) -> KubeClient:
@@ -96,6 +122,8 @@ class KubeClient:
         )
         if query:
             url += "?" + urlencode(query)
+        if self.on_request is not None:
+            self.on_request(*request_kind(method, path, query))
         # The REST layer serialises dict bodies itself, for JSON and for apply's YAML content type.
         response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=self.timeout)
         data = response.read()
@@ -147,18 +175,21 @@ class KubeClient:
         )
         return list((self.request("GET", path) or {}).get("items") or [])
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: Obj, resource_version: str) -> None:
+    def patch_status(self, kind: str, namespace: str, name: str, status: Obj, resource_version: str) -> str | None:
         """Replace .status (merge patch; null clears), guarded by resourceVersion: a 409 means
-        someone changed the object since we read it, and the pass is retried on fresh data."""
+        someone changed the object since we read it, and the pass is retried on fresh data.
+        Returns the resourceVersion the write made (its watch event carries the same)."""
         body: Obj = {"status": _with_nulls(status), "metadata": {"resourceVersion": resource_version}}
         if not resource_version:
             del body["metadata"]
-        self.request(
+        written = self.request(
             "PATCH",
             resource_path(kind, namespace, name, "status"),
             body=body,
             content_type="application/merge-patch+json",
         )
+        version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+        return str(version) if version else None
 
     def event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         meta = involved["metadata"]

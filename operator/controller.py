@@ -10,6 +10,13 @@ handlers.py (kopf) only reports what changed; this module decides which jobs to 
 * otherwise each job is looked at again after the delay its last pass asked for (a deadline, a
   TTL, the next progress scrape) or after the resync period, whichever comes first.
 
+The watch event of the operator's own status write is not a reason to look again: it carries
+what the pass that wrote it already decided (its resourceVersion is the one that write returned;
+any other writer's change makes a different one, and a write on top of someone else's fails its
+resourceVersion precondition first). Without this every pass that changes status paid for a
+second, idle one. A steady cluster therefore costs one pass per job per resync period, and
+nothing between events.
+
 With leader election (leader.py) the controller is also where leadership takes effect: its
 writes go through the elector's fence, and its work queue dispatches only while it leads. A
 standby's queue still fills from kopf's events, so taking over starts with a pass over every job.
@@ -39,6 +46,7 @@ from forgeline.operator.workqueue import WorkQueue
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 CHILD_BATCH = 0.2  # seconds
+CONCURRENT_REQUESTS = 8  # in flight at once for the independent steps of passes (reconcile.py)
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)
 
@@ -68,8 +76,11 @@ class Controller:
             on_plan=self._observe_plan,
             check_uri=check_uri,
             on_finished=metrics.job_finished if metrics is not None else None,
+            concurrent_requests=CONCURRENT_REQUESTS,
         )
         self.queue: WorkQueue[Key] = WorkQueue(self._work, workers=workers)
+        if metrics is not None:
+            metrics.watch_queue(self.queue.depth)
         self._lock = threading.Lock()
         self._dependents: dict[Key, set[Key]] = defaultdict(set)  # upstream -> downstream jobs
         self._upstreams: dict[Key, set[Key]] = {}  # downstream -> its upstreams
@@ -115,11 +126,13 @@ class Controller:
             return
         if deleted:
             self._index(key, None)
+            self.reconciler.forget(key)
             if self.metrics is not None:
                 self.metrics.observe_state(key, None)
         else:
             self._index(key, body)
-            self.queue.add(key)
+            if meta.get("resourceVersion") is None or meta.get("resourceVersion") != self.reconciler.written.get(key):
+                self.queue.add(key)  # not the echo of our own status write
         # Downstream jobs read their upstreams' state (and name it in their InputsReady message):
         # look at them again whenever that changes, not on every progress write.
         status: Obj = body.get("status") or {}
@@ -205,6 +218,8 @@ class Controller:
         with self._lock:
             for old in self._upstreams.pop(key, set()):
                 self._dependents[old].discard(key)
+                if not self._dependents[old]:  # names come and go: keep only live links
+                    del self._dependents[old]
             if body is not None:
                 self._upstreams[key] = upstreams
                 for up in upstreams:

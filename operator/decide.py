@@ -19,8 +19,12 @@ so the order is the precedence:
    parked job is not late); a first start or a resume makes a new attempt and ends the pass;
 5. `_enforce_deadline`: activeDeadlineSeconds spans every attempt, so it wins over whatever the
    current attempt is doing;
-6. `_follow_attempt`: the current attempt: success first, then restart-or-fail (a failed pod
-   names the real cause), then the startup deadline, then Running or still starting.
+6. `_restart_evicted_by_kueue`: Kueue took the admitted attempt back (suspended its Job: a
+   preemption, ...): a disruption, so a new attempt that costs no retry budget
+   (policies/kueue.py says which evictions are not);
+7. `_follow_attempt`: the current attempt: success first, then restart-or-fail (a failed pod
+   names the real cause), then the startup deadline, then Running or still starting (a queued
+   Job's condition quotes Kueue's reason).
 
 reconcile.py observes and acts.
 """
@@ -37,6 +41,7 @@ from forgeline.api.kinds import Job
 from forgeline.api.stageconfig import output_uri
 from forgeline.api.validate import InvalidManifest, parse_job
 from forgeline.operator.conditions import find_condition, is_true, set_condition
+from forgeline.operator.policies import kueue
 from forgeline.operator.policies import pods as podinfo
 from forgeline.operator.policies.deadline import check_active_deadline
 from forgeline.operator.policies.gate import check_gate
@@ -91,6 +96,9 @@ class Observed:
     progress: Obj | None = None  # a fresh status.progress scraped from rank 0, if any
     graph: list[Obj] = field(default_factory=list)  # every job upstream of this one (chain checks)
     uri_checks: dict[str, UriCheck] = field(default_factory=dict)  # role -> what a direct uri holds
+    # Kueue's Workload of the current attempt's Job: read only while that Job is suspended and
+    # queued (queued_job), None elsewhere and where Kueue is absent or hidden by RBAC.
+    workload: Obj | None = None
 
 
 @dataclass
@@ -214,6 +222,19 @@ def attempt_of(obj: Obj) -> int | None:
         return int(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT, ""))
     except ValueError:
         return None
+
+
+def queued_job(status: Obj, children: list[Obj]) -> Obj | None:
+    """The current attempt's batch Job when it is suspended and labelled with a Kueue queue: the
+    one Job whose Workload a pass reads (why it waits, or whether Kueue took it back)."""
+    attempt = int(status.get("attempt") or 0)
+    for child in children:
+        meta = child.get("metadata") or {}
+        if attempt_of(child) != attempt or podinfo.deleting(child) or not (child.get("spec") or {}).get("suspend"):
+            continue
+        if KUEUE_QUEUE_LABEL in (meta.get("labels") or {}):
+            return child
+    return None
 
 
 def _owned_by(obj: Obj, uid: str) -> bool:
@@ -380,7 +401,23 @@ def _enforce_deadline(p: _Pass) -> bool:
     return False
 
 
-# -- 6. the current attempt ----------------------------------------------------------------------
+# -- 6. Kueue took the attempt back ---------------------------------------------------------------
+
+
+def _restart_evicted_by_kueue(p: _Pass) -> bool:
+    """Kueue evicted the admitted attempt (its Job is suspended again, the Workload says why):
+    the gang restarts as a new attempt, queued again, counted in status.evictions."""
+    if p.current is None or not (p.current.get("spec") or {}).get("suspend"):
+        return False
+    ran = is_true(p.status["conditions"], "Running")
+    decision = kueue.eviction(p.obs.workload, child_name(p.job, p.attempt), ran=ran)
+    if decision is None:
+        return False
+    _restart(p, decision)
+    return True
+
+
+# -- 7. the current attempt ----------------------------------------------------------------------
 
 
 def _follow_attempt(p: _Pass) -> bool:
@@ -453,7 +490,8 @@ def _mark_running(p: _Pass) -> None:
             p.plan.gang_started_after = max(0.0, (p.obs.now - started).total_seconds())
     if p.obs.progress is not None:
         p.status["progress"] = p.obs.progress
-    p.plan.requeue(PROGRESS_INTERVAL)
+    if p.settings.metrics_port:  # the next scrape of rank 0; with scraping off, events and resync only
+        p.plan.requeue(PROGRESS_INTERVAL)
 
 
 def _mark_starting(p: _Pass, startup: StartupVerdict) -> None:
@@ -461,9 +499,9 @@ def _mark_starting(p: _Pass, startup: StartupVerdict) -> None:
     p.status["state"] = "Restarting" if is_true(p.status["conditions"], "Restarting") else "Created"
     queue = (p.meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL)
     if p.current is not None and (p.current.get("spec") or {}).get("suspend") and queue:
-        p.condition(
-            "Running", "False", "WaitingForAdmission", f"Job {child_name(p.job, p.attempt)} is queued in {queue}"
-        )
+        why = kueue.waiting_message(p.obs.workload)
+        message = f"Job {child_name(p.job, p.attempt)} is queued in {queue}" + (f": {why}" if why else "")
+        p.condition("Running", "False", "WaitingForAdmission", message)
     elif startup.waiting is not None:
         p.condition("Running", "False", startup.waiting.reason, startup.waiting.message)
     p.plan.requeue(startup.seconds_left)
@@ -477,6 +515,7 @@ _STEPS: tuple[Callable[[_Pass], bool], ...] = (
     _hold_suspended,
     _start_attempt,
     _enforce_deadline,
+    _restart_evicted_by_kueue,
     _follow_attempt,
 )
 

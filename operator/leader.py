@@ -297,9 +297,10 @@ class FencedPort:
         self._check(f"delete {kind} {namespace}/{name}")
         self._port.delete(api_version, kind, namespace, name)
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: Obj, resource_version: str) -> None:
+    def patch_status(self, kind: str, namespace: str, name: str, status: Obj, resource_version: str) -> str | None:
         self._check(f"status {kind} {namespace}/{name}")
-        self._port.patch_status(kind, namespace, name, status, resource_version)
+        written: str | None = self._port.patch_status(kind, namespace, name, status, resource_version)
+        return written
 
     def event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         meta = involved.get("metadata") or {}

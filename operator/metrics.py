@@ -66,6 +66,19 @@ class OperatorMetrics:
             "1 on the replica that holds the leader-election lease (and reconciles), 0 on a standby",
             registry=registry,
         )
+        # What the operator asks of the API server (client.py counts every request it sends;
+        # kopf's watches are not among them). Resource is the plural, never an object's name.
+        self.api_requests = Counter(
+            "forgeline_operator_api_requests",
+            "API requests the operator sent, by verb (GET, LIST, PATCH, POST, PUT, DELETE) and resource",
+            ["verb", "resource"],
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "forgeline_operator_queue_depth",
+            "Jobs due for a reconcile pass and not yet started (not those waiting for a later look)",
+            registry=registry,
+        )
         self._registry = registry
         self._states: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._leading = True  # without leader election the one replica publishes
@@ -81,6 +94,14 @@ class OperatorMetrics:
             else:
                 self._states[key] = (key[0], state)
             self._publish()
+
+    def api_request(self, verb: str, resource: str) -> None:
+        """One API request sent (client.KubeClient's on_request)."""
+        self.api_requests.labels(verb, resource).inc()
+
+    def watch_queue(self, depth: Callable[[], float]) -> None:
+        """Read the queue depth when scraped (the work queue's `depth`)."""
+        self.queue_depth.set_function(depth)
 
     def job_finished(self, kind: str, result: str) -> None:
         """One job reached Succeeded or Failed (reconcile calls this once per job)."""

@@ -6,15 +6,28 @@ crash-safe order:
 2. then delete and apply children: names are deterministic per attempt, so a pass that dies
    half-way is finished by the next one and never makes a duplicate Job;
 3. then emit one Event per condition transition.
+
+The requests of one step that do not depend on each other go out at once: the deletes of an
+attempt, and the ConfigMap, Service and PodGroup of a new one; the batch Job is applied only once
+every one of those has succeeded (its pods need them), so a pass that dies between the two
+leaves no Job without its config, and the next pass applies the same names again. The object
+is read while its batch Jobs are listed. A new job's first pass is then four round trips (read
+and list, the status, ConfigMap + Service + PodGroup, the Job) instead of seven in a row.
+
+The resourceVersion each status write made is kept per job (`written`), so the controller can
+tell the watch event of the operator's own write from anyone else's and not run a pass for it.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
-from typing import Protocol
+from functools import partial
+from typing import Protocol, TypeVar
 
 from forgeline.api.chain import JobKey, references_of
 from forgeline.api.kinds import API_VERSION
@@ -28,7 +41,9 @@ from forgeline.operator.decide import (
     Plan,
     attempt_of,
     decide,
+    queued_job,
 )
+from forgeline.operator.policies import kueue
 from forgeline.operator.policies import pods as podinfo
 from forgeline.operator.policies.inputs import (
     UriCheck,
@@ -36,12 +51,32 @@ from forgeline.operator.policies.inputs import (
 )
 from forgeline.operator.progress import parse_progress, rfc3339
 from forgeline.operator.render import (
+    LABEL_JOB,
+    LABEL_KIND,
     RenderSettings,
-    job_labels,
 )
 
 MAX_CHAIN = 64  # upstream jobs walked for chain checks; pipelines are a handful deep
 MAX_MESSAGE = 4096  # characters of a Failed condition's message (an exception can say a lot)
+Key = tuple[str, str, str]  # (kind, namespace, name)
+T = TypeVar("T")
+CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # the Job controller's label on its pods
+log = logging.getLogger(__name__)
+
+
+def of_listed_jobs(pods: list[Obj], jobs: list[Obj]) -> list[Obj]:
+    """The pods whose batch Job is among `jobs` (listed before them, in the same pass). A pod of a
+    Job that is gone belongs to no attempt: a deleted namesake's whose garbage collection has not
+    reached its pods yet carries our labels and the same attempt number, and judged as ours it
+    would fail a re-created job with the old one's exit code. Pods without the Job controller's
+    label (none in a real cluster) are kept."""
+    uids = {str((j.get("metadata") or {}).get("uid")) for j in jobs}
+    kept = []
+    for pod in pods:
+        owner = ((pod.get("metadata") or {}).get("labels") or {}).get(CONTROLLER_UID)
+        if owner is None or owner in uids:
+            kept.append(pod)
+    return kept
 
 
 class ClusterPort(Protocol):
@@ -51,7 +86,9 @@ class ClusterPort(Protocol):
     def apply(self, obj: Obj) -> None: ...
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
     def list_children(self, kind: str, namespace: str, selector: dict[str, str]) -> list[Obj]: ...
-    def patch_status(self, kind: str, namespace: str, name: str, status: Obj, resource_version: str) -> None: ...
+    def patch_status(
+        self, kind: str, namespace: str, name: str, status: Obj, resource_version: str
+    ) -> str | None: ...  # the resourceVersion written, where the port can tell
     def event(self, involved: Obj, type_: str, reason: str, message: str) -> None: ...
     def scrape(self, url: str) -> str | None: ...
 
@@ -69,6 +106,7 @@ class Reconciler:
         on_plan: Callable[[str, Obj, Plan], None] | None = None,
         check_uri: Callable[[str], UriCheck] | None = None,
         on_finished: Callable[[str, str], None] | None = None,
+        concurrent_requests: int = 1,
     ) -> None:
         self.port = port
         # Called with (kind, Succeeded|Failed) once per job: on the status write, by this process,
@@ -78,13 +116,29 @@ class Reconciler:
         self.settings = settings
         self.clock = clock
         self.on_plan = on_plan
-        self._scraped: dict[tuple[str, str, str], tuple[float, tuple[float, float] | None]] = {}
+        self._scraped: dict[Key, tuple[float, tuple[float, float] | None]] = {}
+        # job -> the resourceVersion of this process's last status write to it (dropped when the
+        # job is gone), so its watch event can be told from anyone else's.
+        self.written: dict[Key, str] = {}
+        # Independent requests of one step at once (the controller's choice; one at a time when
+        # 1, as in the unit tests, whose in-memory port then records a fixed order).
+        self._pool = (
+            ThreadPoolExecutor(concurrent_requests, thread_name_prefix="forgeline-request")
+            if concurrent_requests > 1
+            else None
+        )
+        self._workload_errors: set[str] = set()  # each kind of failure to read Workloads, logged once
 
     def reconcile(self, kind: str, namespace: str, name: str) -> float | None:
         """One pass for one job; returns seconds until it wants to look again (None: on events only)."""
+        # The children's selector needs only the key: the batch Jobs are listed while the object
+        # is read (one round trip for both; a pass is serial per key, so a listing never misses
+        # what an earlier pass of ours applied).
+        selector = {LABEL_JOB: name, LABEL_KIND: kind}
+        listing = self._start(partial(self.port.list_children, "Job", namespace, selector))
         body = self.port.get(kind, namespace, name)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            self._scraped.pop((kind, namespace, name), None)
+            self.forget((kind, namespace, name))
             return None
         try:
             job = parse_job(body)
@@ -95,7 +149,6 @@ class Reconciler:
             self._write_invalid(kind, body, f"the operator cannot read this object: {type(exc).__name__}: {exc}")
             return None
         status = body.get("status") or {}
-        selector = job_labels(job)
         children: list[Obj] = []
         pods: list[Obj] = []
         upstreams: dict[str, Obj | None] = {}
@@ -103,7 +156,6 @@ class Reconciler:
         uri_checks: dict[str, UriCheck] = {}
         # Batch Jobs always: at attempt 0 too, where one may be left over from a deleted object
         # of the same name (decide() deletes it before making its own).
-        children = self.port.list_children("Job", namespace, selector)
         if status.get("attempt"):
             pods = self.port.list_children("Pod", namespace, selector)
         else:
@@ -113,9 +165,14 @@ class Reconciler:
             graph = self._upstream_graph(JobKey(kind, name), namespace, [b for b in upstreams.values() if b])
             if self.check_uri is not None:
                 uri_checks = {r.role: self.check_uri(r.uri) for r in references_of(job) if r.uri}
+        children = listing.result()
+        pods = of_listed_jobs(pods, children)
         now = self.clock()
         progress = self._progress((kind, namespace, name), status, pods, now)
-        observed = Observed(body, children, pods, upstreams, now, progress, graph=graph, uri_checks=uri_checks)
+        workload = self._workload(namespace, queued_job(status, children))  # only for a Job Kueue holds
+        observed = Observed(
+            body, children, pods, upstreams, now, progress, graph=graph, uri_checks=uri_checks, workload=workload
+        )
         try:
             plan = decide(job, observed, self.settings)
         except Exception as exc:  # decide and render are pure: the same object fails the same way
@@ -125,22 +182,72 @@ class Reconciler:
             )
             return None
         if plan.status != status:
-            self.port.patch_status(kind, namespace, name, plan.status, str(body["metadata"].get("resourceVersion", "")))
+            self._patch_status((kind, namespace, name), plan.status, str(body["metadata"].get("resourceVersion", "")))
             self._finished(kind, status, plan.status)
-        for api_version, child_kind, child in plan.delete:
-            self.port.delete(api_version, child_kind, namespace, child)
-        for obj in plan.apply:
-            self.port.apply(obj)
+        self._at_once([partial(self.port.delete, v, k, namespace, child) for v, k, child in plan.delete])
+        # The Job last, once everything its pods need exists (render_attempt's order).
+        self._at_once([partial(self.port.apply, obj) for obj in plan.apply if obj.get("kind") != "Job"])
+        self._at_once([partial(self.port.apply, obj) for obj in plan.apply if obj.get("kind") == "Job"])
         if plan.handoff_from is not None:  # measured once the downstream's Job exists
             plan.handoff_seconds = max(0.0, (self.clock() - plan.handoff_from).total_seconds())
         for type_, reason, message in plan.events:
             self.port.event(body, type_, reason, message)
         if plan.delete_self:
             self.port.delete(API_VERSION, kind, namespace, name)
-            self._scraped.pop((kind, namespace, name), None)
+            self.forget((kind, namespace, name))
         if self.on_plan is not None:
             self.on_plan(kind, status, plan)
         return plan.requeue_after
+
+    def _workload(self, namespace: str, job: Obj | None) -> Obj | None:
+        """Kueue's Workload of a suspended, queued Job. Optional: without Kueue (404) or the RBAC
+        to read it (403), or on any error, the pass goes on without it (a generic message), and
+        each kind of failure is logged once."""
+        if job is None:
+            return None
+        uid = str((job.get("metadata") or {}).get("uid", ""))
+        try:
+            return kueue.workload_of(self.port.list_children("Workload", namespace, {kueue.WORKLOAD_JOB_UID: uid}), uid)
+        except Exception as exc:
+            kind = str(getattr(exc, "status", type(exc).__name__))
+            if kind not in self._workload_errors:
+                self._workload_errors.add(kind)
+                log.warning("Kueue Workloads not read (%s); queued jobs say less about why they wait", exc)
+            return None
+
+    def _patch_status(self, key: Key, status: Obj, resource_version: str) -> None:
+        written = self.port.patch_status(*key, status, resource_version)
+        if written:
+            self.written[key] = written
+        else:
+            self.written.pop(key, None)
+
+    def forget(self, key: Key) -> None:
+        """Drop what is kept about a job that is gone."""
+        self._scraped.pop(key, None)
+        self.written.pop(key, None)
+
+    def _start(self, request: Callable[[], T]) -> Future[T]:
+        """A request sent now, its answer read later (at once, without a pool)."""
+        if self._pool is not None:
+            return self._pool.submit(request)
+        done: Future[T] = Future()
+        try:
+            done.set_result(request())
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    def _at_once(self, requests: list[Callable[[], None]]) -> None:
+        """Send independent requests together; once all have ended, raise the first failure."""
+        if self._pool is None or len(requests) <= 1:
+            for request in requests:
+                request()
+            return
+        futures = [self._pool.submit(request) for request in requests]
+        wait(futures)
+        for future in futures:
+            future.result()
 
     def _finished(self, kind: str, old: Obj, new: Obj) -> None:
         """After a status write that succeeded (a 409 raised before): terminal for the first time?"""
@@ -170,7 +277,7 @@ class Reconciler:
                         frontier.append(found)
         return graph
 
-    def _progress(self, key: tuple[str, str, str], status: Obj, pods: list[Obj], now: datetime) -> Obj | None:
+    def _progress(self, key: Key, status: Obj, pods: list[Obj], now: datetime) -> Obj | None:
         """Scrape rank 0 at most every PROGRESS_INTERVAL seconds, only while Running."""
         if status.get("state") != "Running" or not self.settings.metrics_port:
             return None
@@ -213,6 +320,6 @@ class Reconciler:
             "completionTime": status.get("completionTime") or now,
         }
         if new != (body.get("status") or {}):
-            self.port.patch_status(kind, meta.get("namespace", "default"), meta["name"], new, meta["resourceVersion"])
+            self._patch_status((kind, meta.get("namespace", "default"), meta["name"]), new, meta["resourceVersion"])
             self._finished(kind, status, new)
             self.port.event(body, "Warning", reason, message)

@@ -59,6 +59,12 @@ class WorkQueue(Generic[K]):
         with self._cond:
             return len(self._due) + len(self._dirty)
 
+    def depth(self) -> int:
+        """Keys due now that no worker has started yet (not those waiting out a delay)."""
+        now = time.monotonic()
+        with self._cond:
+            return sum(1 for due in self._due.values() if due <= now) + len(self._dirty)
+
     def start(self) -> None:
         for i in range(self._workers):
             thread = threading.Thread(target=self._run, name=f"forgeline-worker-{i}", daemon=True)

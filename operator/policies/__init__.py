@@ -8,6 +8,7 @@ deadline   activeDeadlineSeconds across all attempts
 suspend    suspend deletes the pods and keeps status; resume starts a new attempt
 ttl        ttlSecondsAfterFinished deletes the job object
 output     status.output (URI, digest, final metrics) from rank 0's termination message
+kueue      a queued attempt: why Kueue holds it, and whether its eviction restarts the gang
 
 decide.py strings them together, in named steps; none of them talks to a cluster.
 """

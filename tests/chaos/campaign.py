@@ -4,9 +4,9 @@ The driver injects the faults of a schedule (schedule.py) one after another, eac
 comes (a running gang, a checkpoint save starting, a hand-off, a stage near its commit), and
 waits for each to take effect before the next (a killed gang restarted, the operator live again,
 the store back). Between and during waits it watches for the opportunistic ones: a hand-off
-(kill the new stage's first gang as it starts) and an armed operator kill, which fires on the
-watch thread the instant a new attempt's batch Job appears (its children applied, the pass not
-yet finished).
+(kill the new stage's first gang as it starts) and the armed operator kills, oldest first, one of
+which fires on the watch thread the instant a new attempt's batch Job appears (its children
+applied, the pass not yet finished).
 
 Every watch event of the pods, the batch Jobs (testbed.gangs.WatchRecorder) and the pipeline's
 own objects is kept, so the end checks read the whole history: no attempt with two Jobs or two
@@ -104,9 +104,12 @@ class Driver:
         self.ledger = Ledger()
         self.custom: Any = client.CustomObjectsApi(cluster.client)
         self.core = client.CoreV1Api(cluster.client)
-        self._armed: Fault | None = None
-        self._armed_at = 0.0
+        # Armed after-apply kills, oldest first, each with when it was armed; one fires per new
+        # attempt's Job, and never while the operator is still down from the one before.
+        self._armed: list[tuple[Fault, float]] = []
+        self._armed_lock = threading.Lock()
         self._operator_killed = threading.Event()
+        self._operator_down = threading.Event()
         self._seen_jobs: set[str] = set()
         self._handoffs_pending: list[Fault] = []
         self._handoffs_done: set[str] = set()
@@ -256,6 +259,7 @@ class Driver:
             self._operator_killed.clear()
             fault = self._armed_fault_fired
             self._restart_operator(fault)
+            self._operator_down.clear()
         if self._handoffs_pending:
             self._maybe_handoff()
 
@@ -275,13 +279,13 @@ class Driver:
                 raise AssertionError(f"{fault.describe()}: {exc}") from None
         # The opportunistic faults still waiting get until the pipeline ends to find their moment.
         self.wait(
-            lambda: (self._armed is None and not self._handoffs_pending) or self.done(),
+            lambda: (not self._armed and not self._handoffs_pending) or self.done(),
             timeout=timeout_each,
             what="a hand-off or a new attempt for the faults still waiting",
         )
-        if self._armed is not None:
-            self.ledger.missed.append((self._armed, "no new attempt after it was armed"))
-            self._armed = None
+        with self._armed_lock:
+            self.ledger.missed.extend((fault, "no new attempt after it was armed") for fault, _ in self._armed)
+            self._armed.clear()
         for fault in self._handoffs_pending:
             self.ledger.missed.append((fault, "no hand-off left"))
         self._handoffs_pending = []
@@ -402,9 +406,8 @@ class Driver:
         if fault.moment == "after-apply":
             # Fires on the watch thread at the next new attempt's Job (a hand-off or a restart);
             # the driver goes on meanwhile, and restarts the operator when it sees it fired.
-            if self._armed is not None:
-                self.ledger.missed.append((self._armed, "re-armed before a new attempt came"))
-            self._armed, self._armed_at = fault, time.monotonic()
+            with self._armed_lock:
+                self._armed.append((fault, time.monotonic()))
             return
         self.operator.kill()
         self._record(fault, "operator")
@@ -420,10 +423,11 @@ class Driver:
         if s.kind != "Job" or s.type != "ADDED" or s.name in self._seen_jobs:
             return
         self._seen_jobs.add(s.name)
-        fault = self._armed
-        if fault is None or s.t < self._armed_at:
-            return
-        self._armed = None
+        with self._armed_lock:
+            if not self._armed or s.t < self._armed[0][1] or self._operator_down.is_set():
+                return
+            fault, _ = self._armed.pop(0)
+            self._operator_down.set()
         self.operator.kill()
         self._record(fault, "operator", f"at {s.name} created")
         self._armed_fault_fired = fault

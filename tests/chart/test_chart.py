@@ -263,7 +263,12 @@ def test_rbac_covers_every_resource_the_operator_client_touches(default: list[Ob
     from forgeline.operator import client
 
     rules = rules_of(default, "ClusterRole")
-    groups = {"/api/v1": "", "/apis/batch/v1": "batch", "/apis/scheduling.k8s.io/v1alpha2": "scheduling.k8s.io"}
+    groups = {
+        "/api/v1": "",
+        "/apis/batch/v1": "batch",
+        "/apis/scheduling.k8s.io/v1alpha2": "scheduling.k8s.io",
+        "/apis/kueue.x-k8s.io/v1beta2": "kueue.x-k8s.io",
+    }
     for kind, (prefix, plural) in client._BUILTIN.items():
         group = groups[prefix]
         if kind == "Event":
@@ -271,6 +276,9 @@ def test_rbac_covers_every_resource_the_operator_client_touches(default: list[Ob
         elif kind == "Pod":
             for verb in ("get", "list", "watch"):
                 assert grants(rules, group, plural, verb), f"{verb} {plural}"
+        elif kind == "Workload":  # Kueue's: read only
+            assert grants(rules, group, plural, "get") and grants(rules, group, plural, "list")
+            assert not any(grants(rules, group, plural, v) for v in ("create", "patch", "update", "delete", "watch"))
         else:  # children: read, server-side apply, delete on restart
             for verb in ("get", "list", "patch", "create", "delete"):
                 assert grants(rules, group, plural, verb), f"{verb} {plural}"
@@ -280,6 +288,14 @@ def test_rbac_covers_every_resource_the_operator_client_touches(default: list[Ob
         assert grants(rules, GROUP, f"{cls.plural}/status", "patch")
         assert grants(rules, GROUP, f"{cls.plural}/finalizers", "update")
     assert grants(rules, "batch", "jobs", "watch"), "kopf watches the attempts' Jobs"
+
+
+def test_kueue_workload_reads_can_be_turned_off() -> None:
+    def reads_workloads(objects: list[Obj]) -> bool:
+        return grants(rules_of(objects, "ClusterRole"), "kueue.x-k8s.io", "workloads", "list")
+
+    assert reads_workloads(render())
+    assert not reads_workloads(render(set_values={"rbac.kueueWorkloads": False}))
 
 
 def test_namespaced_mode_uses_roles_and_keeps_only_crd_reads_cluster_wide(full: list[Obj]) -> None:

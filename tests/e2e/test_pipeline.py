@@ -129,7 +129,8 @@ def test_example_pipeline_through_the_operator_with_chaos(
         what="judge and tuned Running",
     )
     # Live progress (scraped from rank 0) in `kubectl get llmjobs` for a running stage.
-    live = re.compile(r"\sRunning\s+(\d+)/(\d+) \(\d+%\)")
+    # (STATE, then REASON, ATTEMPT and RESTARTS, then PROGRESS.)
+    live = re.compile(r"\sRunning\s.*?\s(\d+)/(\d+) \(\d+%\)")
 
     def running_with_progress() -> str | None:
         table = cluster.kubectl("get", "llmjobs", "-n", ns).stdout
@@ -205,7 +206,7 @@ def test_example_pipeline_through_the_operator_with_chaos(
     assert eval_m["winRate.aligned"] > 0.5 == eval_m["winRate.base"] and eval_m["rating.base"] == 1000.0, eval_m
 
     # -- seeing it: kubectl get llmjobs, forgeline status ----------------------------------------
-    table = cluster.kubectl("get", "llmjobs", "-n", ns).stdout
+    table = cluster.kubectl("get", "llmjobs", "-n", ns, "-o", "wide").stdout
     for name in STAGES:
         row = next(line for line in table.splitlines() if re.search(rf"\b{name}\b", line))
         assert "Succeeded" in row and "100%" in row and up[name]["uri"] in row, (row, table)

@@ -11,7 +11,10 @@ suspended again, its pods deleted, requeued).
 
 Set up once per session (`kueue` fixture): the CRDs from the module's
 config/components/crd/bases, ResourceFlavor `gpu`, ClusterQueue `gpu` with an nvidia.com/gpu
-quota, and `kueue.local_queue(ns)` makes LocalQueue `gpu` in a test's namespace.
+quota and preemption within the queue (a workload of a higher WorkloadPriorityClass evicts lower
+ones to fit), WorkloadPriorityClasses `low` and `high` (a Job picks one with the
+`kueue.x-k8s.io/priority-class` label; without one every workload has priority 0 and nothing is
+preempted), and `kueue.local_queue(ns)` makes LocalQueue `gpu` in a test's namespace.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tests" / "cluster" / "kueue" / "build.sh"
 GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+PRIORITIES = {"low": 100, "high": 1000}  # WorkloadPriorityClass name -> value
 NAMESPACE = "kueue-system"  # its leader-election and cert namespace; neither is used here
 FLAVOR = "gpu"
 CLUSTER_QUEUE = "gpu"
@@ -83,7 +88,8 @@ def configuration(opts: KueueOptions, webhook_port: int, cert_dir: Path, health_
 
 
 def kueue_objects(opts: KueueOptions) -> list[dict[str, Any]]:
-    """The ResourceFlavor and the ClusterQueue, fields written out (no defaulting webhook runs)."""
+    """The ResourceFlavor, the ClusterQueue and the priority classes, fields written out (no
+    defaulting webhook runs)."""
     api = f"{GROUP}/{VERSION}"
     flavor = {"apiVersion": api, "kind": "ResourceFlavor", "metadata": {"name": FLAVOR}, "spec": {}}
     queue = {
@@ -93,6 +99,8 @@ def kueue_objects(opts: KueueOptions) -> list[dict[str, Any]]:
         "spec": {
             "namespaceSelector": {},
             "queueingStrategy": "BestEffortFIFO",
+            # A higher-priority workload that does not fit evicts lower-priority admitted ones.
+            "preemption": {"withinClusterQueue": "LowerPriority", "reclaimWithinCohort": "Never"},
             "resourceGroups": [
                 {
                     "coveredResources": ["nvidia.com/gpu"],
@@ -103,7 +111,17 @@ def kueue_objects(opts: KueueOptions) -> list[dict[str, Any]]:
             ],
         },
     }
-    return [flavor, queue]
+    priorities = [
+        {
+            "apiVersion": api,
+            "kind": "WorkloadPriorityClass",
+            "metadata": {"name": name},
+            "value": value,
+            "description": f"forgeline tests: {name} priority",
+        }
+        for name, value in PRIORITIES.items()
+    ]
+    return [flavor, queue, *priorities]
 
 
 @dataclass(eq=False)

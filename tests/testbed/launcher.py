@@ -75,6 +75,7 @@ class ClusterOptions:
     gpu_nodes: int = 4
     gpus_per_node: int = 8
     gpu_product: str = "NVIDIA-H100-80GB-HBM3"
+    max_pods: int = 110  # pods each GPU node takes (the kubelet's default; scale benches raise it)
     process_node: bool = True
     process_node_gpus: int = 0
     process_node_env: dict[str, str] = field(default_factory=dict)  # added to every process-node container
@@ -83,9 +84,17 @@ class ClusterOptions:
     start_timeout: float = 120.0
 
 
-def gpu_node_manifest(name: str, gpus: int, product: str) -> dict[str, Any]:
+def gpu_node_manifest(name: str, gpus: int, product: str, max_pods: int = 110) -> dict[str, Any]:
     """A fake GPU node for kwok: the resources the scheduler sees, the labels GPU Operator sets."""
-    resources = {"cpu": "64", "memory": "512Gi", "pods": "110", "ephemeral-storage": "1Ti", GPU_RESOURCE: str(gpus)}
+    if max_pods < 1:
+        raise ValueError(f"max_pods: a node takes at least one pod, got {max_pods}")
+    resources = {
+        "cpu": "64",
+        "memory": "512Gi",
+        "pods": str(max_pods),
+        "ephemeral-storage": "1Ti",
+        GPU_RESOURCE: str(gpus),
+    }
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -394,7 +403,7 @@ def _create_nodes_and_wait(cluster: Cluster) -> None:
     api: Any = client.CoreV1Api(cluster.api_client())  # takes plain dicts at runtime
     names = [f"gpu-{i}" for i in range(opts.gpu_nodes)]
     for name in names:
-        api.create_node(gpu_node_manifest(name, opts.gpus_per_node, opts.gpu_product))
+        api.create_node(gpu_node_manifest(name, opts.gpus_per_node, opts.gpu_product, opts.max_pods))
     if opts.process_node:
         from testbed.processnode import ProcessNode
 
@@ -443,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.launcher", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu-nodes", type=int, default=4)
     parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--max-pods", type=int, default=110, help="pods each GPU node takes")
     parser.add_argument("--no-process-node", action="store_true")
     parser.add_argument("--process-node-gpus", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None)
@@ -450,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = ClusterOptions(
         gpu_nodes=args.gpu_nodes,
         gpus_per_node=args.gpus_per_node,
+        max_pods=args.max_pods,
         process_node=not args.no_process_node,
         process_node_gpus=args.process_node_gpus,
         workdir=args.workdir,

@@ -65,7 +65,9 @@ def test_crd_has_printer_columns_status_and_category(kind: str) -> None:
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority", 0) == 0]
-    assert columns == ["State", "Progress", "Restarts", "Output", "Age"]
+    assert columns == ["State", "Reason", "Attempt", "Restarts", "Progress", "Age"]
+    wide = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority", 0) == 1]
+    assert wide == ["Output", "Evictions", "Nodes"]
     assert CATEGORY in crd["spec"]["names"]["categories"]
     assert crd["spec"]["names"]["shortNames"]
 

@@ -39,7 +39,7 @@ def test_pipeline_tree_shows_each_stage_under_its_input_with_state_progress_and_
     ]
     text = render_tree(objects)
     lines = text.splitlines()
-    assert lines[0].split() == ["JOB", "STATE", "PROGRESS", "OUTPUT", "/", "CAUSE"]
+    assert lines[0].split() == ["JOB", "STATE", "PROGRESS", "AGE", "OUTPUT", "/", "CAUSE"]
     assert lines[1].startswith("PretrainJob/base ")
     assert "Succeeded" in lines[1] and "300/300 (100%)" in lines[1] and "sha256:abababababab" in lines[1]
     assert any(line.startswith("└─ RewardModelJob/judge") for line in lines), text

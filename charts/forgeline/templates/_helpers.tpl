@@ -112,6 +112,13 @@ the cluster) or monitoring.force says so (helm template has no cluster to ask).
   - apiGroups: [""]
     resources: [pods]
     verbs: [get, list, watch]
+{{- if .Values.rbac.kueueWorkloads }}
+  # Kueue's Workload of a Job it holds suspended: why it waits, and whether Kueue preempted it.
+  # Read only, for that one Job (a list by its kueue.x-k8s.io/job-uid label).
+  - apiGroups: [kueue.x-k8s.io]
+    resources: [workloads]
+    verbs: [get, list]
+{{- end }}
   # One Event per condition transition, and kopf's own.
   - apiGroups: [""]
     resources: [events]
