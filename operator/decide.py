@@ -242,10 +242,6 @@ def _owned_by(obj: Obj, uid: str) -> bool:
     return not refs or not uid or any(r.get("uid") == uid for r in refs)
 
 
-def _controller_uid(pod: Obj) -> str | None:
-    return ((pod.get("metadata") or {}).get("labels") or {}).get("batch.kubernetes.io/controller-uid")
-
-
 def _replicas(pods: list[Obj]) -> Obj:
     counts = {"pending": 0, "running": 0, "succeeded": 0, "failed": 0}
     for pod in pods:
@@ -282,7 +278,7 @@ def _sort_children(p: _Pass) -> None:
     p.blocked = {str(c["metadata"]["name"]) for c in foreign}
     live = [c for c in p.obs.children if not podinfo.deleting(c) and c not in foreign]
     p.current = next((c for c in live if attempt_of(c) == p.attempt), None)
-    pods = [pod for pod in p.obs.pods if _controller_uid(pod) not in foreign_uids]
+    pods = [pod for pod in p.obs.pods if podinfo.controller_uid(pod) not in foreign_uids]
     p.attempt_pods = [pod for pod in pods if attempt_of(pod) == p.attempt]
     for child in live:
         number = attempt_of(child)

@@ -50,17 +50,12 @@ from forgeline.operator.policies.inputs import (
     upstream_keys,
 )
 from forgeline.operator.progress import parse_progress, rfc3339
-from forgeline.operator.render import (
-    LABEL_JOB,
-    LABEL_KIND,
-    RenderSettings,
-)
+from forgeline.operator.render import RenderSettings, children_selector
 
 MAX_CHAIN = 64  # upstream jobs walked for chain checks; pipelines are a handful deep
 MAX_MESSAGE = 4096  # characters of a Failed condition's message (an exception can say a lot)
 Key = tuple[str, str, str]  # (kind, namespace, name)
 T = TypeVar("T")
-CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # the Job controller's label on its pods
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +68,7 @@ def of_listed_jobs(pods: list[Obj], jobs: list[Obj]) -> list[Obj]:
     uids = {str((j.get("metadata") or {}).get("uid")) for j in jobs}
     kept = []
     for pod in pods:
-        owner = ((pod.get("metadata") or {}).get("labels") or {}).get(CONTROLLER_UID)
+        owner = podinfo.controller_uid(pod)
         if owner is None or owner in uids:
             kept.append(pod)
     return kept
@@ -134,7 +129,7 @@ class Reconciler:
         # The children's selector needs only the key: the batch Jobs are listed while the object
         # is read (one round trip for both; a pass is serial per key, so a listing never misses
         # what an earlier pass of ours applied).
-        selector = {LABEL_JOB: name, LABEL_KIND: kind}
+        selector = children_selector(kind, name)
         listing = self._start(partial(self.port.list_children, "Job", namespace, selector))
         body = self.port.get(kind, namespace, name)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):

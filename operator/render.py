@@ -121,9 +121,13 @@ def child_name(job: Job, attempt: int) -> str:
     return f"{job.metadata.name}-{job.stage}-a{attempt}"
 
 
+def children_selector(kind: str, name: str) -> dict[str, str]:
+    """The labels every child of job `kind`/`name` carries (list selectors use them)."""
+    return {LABEL_JOB: name, LABEL_KIND: kind}
+
+
 def job_labels(job: Job) -> dict[str, str]:
-    """The labels every child of `job` carries (list selectors use them)."""
-    return {LABEL_JOB: job.metadata.name, LABEL_KIND: job.kind}
+    return children_selector(job.kind, job.metadata.name)
 
 
 def attempt_labels(job: Job, attempt: int) -> dict[str, str]:

@@ -21,6 +21,7 @@ STUCK_WAITING = (
     "CrashLoopBackOff",
 )
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # the Job controller's label on its pods: its uid
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ def rank(pod: Obj) -> int | None:
         return int(str(raw))
     except (TypeError, ValueError):
         return None
+
+
+def controller_uid(pod: Obj) -> str | None:
+    """The uid of the batch Job that made the pod (None on a pod the Job controller did not make)."""
+    return ((pod.get("metadata") or {}).get("labels") or {}).get(CONTROLLER_UID)
 
 
 def deleting(obj: Obj) -> bool:

@@ -196,7 +196,8 @@ def test_kopf_keeps_no_copy_of_each_object_for_change_handlers_we_do_not_have() 
 
 
 def test_pods_of_a_job_that_is_gone_belong_to_no_attempt() -> None:
-    from forgeline.operator.reconcile import CONTROLLER_UID, of_listed_jobs
+    from forgeline.operator.policies.pods import CONTROLLER_UID
+    from forgeline.operator.reconcile import of_listed_jobs
 
     def pod(name: str, job_uid: str | None) -> dict[str, Any]:
         labels = {"forgeline.io/attempt": "1", **({CONTROLLER_UID: job_uid} if job_uid else {})}
