@@ -9,14 +9,17 @@ in a rotated order, so drift in the machine's load falls on all of them alike):
   (render_job's output, minus the owner). The Job controller, scheduler and kwok, no operator;
 * `plain`: the same batch Job without a PodGroup (what gang placement itself costs);
 * `operator`: a PretrainJob applied, reconciled by `forgeline operator` (a subprocess), which
-  writes status first, then applies the attempt's ConfigMap, Service, PodGroup and Job.
+  writes status first (with the attempt's ConfigMap, Service and PodGroup), then creates its Job.
+
+`--no-gang` starts the control plane without the PodGroup API: the floor is then the plain Job,
+the figure a peer operator that places pods one by one is measured against.
 
 It prints the medians, the ratio operator/floor, the operator's API requests per job (its
 `forgeline_operator_api_requests_total`), the load average, and the operator's RSS idle and
 after 200 one-node jobs reached Running. kwok nodes play the pods, so this measures the control
 path, not container start-up.
 
-    PYTHONSAFEPATH=1 .venv/bin/python bench/operator_latency.py [--sizes 8 32] [--repeats 5] [--jobs 200]
+    PYTHONSAFEPATH=1 .venv/bin/python bench/operator_latency.py [--sizes 8 32] [--repeats 5] [--jobs 200] [--no-gang]
 """
 
 from __future__ import annotations
@@ -240,11 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=200, help="one-node jobs for the memory figure (0: skip)")
     parser.add_argument("--operator-arg", action="append", default=[], help="an extra flag for the operator")
+    parser.add_argument(
+        "--no-gang", action="store_true", help="a cluster without the PodGroup API (floor = plain Job, as for a peer)"
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or any(n < 1 for n in args.sizes):
         parser.error("--repeats and --sizes must be positive")
     workdir = Path(tempfile.mkdtemp(prefix="forgeline-bench-"))
-    opts = ClusterOptions(gpu_nodes=4, process_node=False, workdir=workdir / "cluster")
+    opts = ClusterOptions(
+        gpu_nodes=4, process_node=False, workdir=workdir / "cluster", gang_scheduling=not args.no_gang
+    )
     with start_cluster(opts) as cluster:
         apply_crds(cluster, REPO / "crds")
         api = cluster.api_client()

@@ -255,7 +255,7 @@ def _operator(args: argparse.Namespace) -> int:
     )
     if args.metrics_port:
         metrics.serve(args.metrics_port, addr=args.metrics_addr, ready=controller.ready, leading=controller.leading)
-    handlers.run(controller, namespaces=args.namespace or None, liveness=args.liveness or None)
+    handlers.run(controller, kube, namespaces=args.namespace or None, liveness=args.liveness or None)
     return 0
 
 

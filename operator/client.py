@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -27,6 +28,9 @@ from forgeline.api.kinds import GROUP, KINDS, VERSION
 Obj = dict[str, Any]
 FIELD_MANAGER = "forgeline-operator"
 COMPONENT = "forgeline-operator"
+WATCH_SECONDS = 300  # a watch request's length; it then resumes from the last version it saw
+WATCH_CHUNK = 64 * 1024
+WATCH_RETRY_MAX = 5.0  # seconds between a broken watch's tries, at the most
 log = logging.getLogger(__name__)
 
 # kind -> (API prefix, plural) for what the operator touches.
@@ -39,6 +43,10 @@ _BUILTIN = {
     "PodGroup": ("/apis/scheduling.k8s.io/v1alpha2", "podgroups"),
     "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),  # read only (policies/kueue.py)
 }
+
+
+class _Expired(Exception):
+    """A watch's resourceVersion is too old (410 Gone): list again."""
 
 
 class ApiError(Exception):
@@ -112,9 +120,30 @@ class KubeClient:
         body: Any = None,
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
         missing_ok: bool = False,
     ) -> Obj | None:
-        headers = {"Accept": "application/json"}
+        response = self._send(method, path, body=body, query=query, content_type=content_type, accept=accept)
+        data = response.read()
+        if response.status == 404 and missing_ok:
+            return None
+        if response.status >= 300:
+            raise ApiError(response.status, method, path, data.decode(errors="replace") if data else "")
+        return json.loads(data) if data else {}
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+        timeout: float | tuple[float, float] | None = None,
+    ) -> Any:
+        """The request sent, counted; its answer not yet read (the REST layer never preloads)."""
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         _, url, headers, _, _ = self.api.param_serialize(
@@ -125,13 +154,97 @@ class KubeClient:
         if self.on_request is not None:
             self.on_request(*request_kind(method, path, query))
         # The REST layer serialises dict bodies itself, for JSON and for apply's YAML content type.
-        response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=self.timeout)
-        data = response.read()
-        if response.status == 404 and missing_ok:
-            return None
+        return self.api.call_api(
+            method, url, header_params=headers, body=body, _request_timeout=timeout or self.timeout
+        )
+
+    def watch_metadata(
+        self,
+        kind: str,
+        namespace: str | None,
+        selector: str,
+        on_change: Callable[[Obj], None],
+        stopped: threading.Event,
+    ) -> None:
+        """List, then watch, the metadata of one kind's objects (all namespaces when namespace is
+        None) and call `on_change` with each one that is listed, added, changed or deleted, until
+        `stopped`. Only metadata travels (PartialObjectMetadata: names, labels, versions): a pod
+        is about 10 KB and changes five or more times on its way to Running, while its labels are
+        all a watcher needs to say which job to look at. A watch that ends or breaks resumes from
+        the last version it saw; one whose version has expired (410) lists again."""
+        prefix, plural = _BUILTIN[kind]
+        path = f"{prefix}/namespaces/{quote(namespace)}/{plural}" if namespace else f"{prefix}/{plural}"
+        version: str | None = None
+        failures = 0
+        while not stopped.is_set():
+            try:
+                if version is None:
+                    accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+                    listed = self.request("GET", path, query={"labelSelector": selector}, accept=accept) or {}
+                    version = str(listed["metadata"]["resourceVersion"])
+                    for item in listed.get("items") or []:
+                        on_change(item)
+                version = self._follow(path, selector, version, on_change, stopped)
+                failures = 0
+            except _Expired:
+                version = None
+            except Exception as exc:  # the API server away, a broken stream: wait and resume
+                failures += 1
+                # At most WATCH_RETRY_MAX apart: a watch still waiting long after the API server
+                # is back would leave pods unnoticed until the next resync.
+                delay = min(0.25 * 2**failures, WATCH_RETRY_MAX)
+                log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                        "watch of %s (%s) broke: %s; resuming in %.1fs", plural, namespace or "all namespaces",
+                        exc, delay)  # fmt: skip
+                stopped.wait(delay)
+
+    def _follow(
+        self, path: str, selector: str, version: str, on_change: Callable[[Obj], None], stopped: threading.Event
+    ) -> str:
+        """One watch request from `version`, until the server ends it; returns the last version seen."""
+        query = {
+            "labelSelector": selector,
+            "watch": "true",
+            "resourceVersion": version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(WATCH_SECONDS),
+        }
+        accept = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+        response = self._send("GET", path, query=query, accept=accept, timeout=(self.timeout, WATCH_SECONDS + 30))
+        if response.status == 410:
+            raise _Expired()
         if response.status >= 300:
-            raise ApiError(response.status, method, path, data.decode(errors="replace") if data else "")
-        return json.loads(data) if data else {}
+            data = response.read()
+            raise ApiError(response.status, "GET", path, data.decode(errors="replace") if data else "")
+        stream = response.response  # urllib3's, unread: events arrive one JSON document per line
+        pending, ended = b"", False
+        try:
+            for chunk in stream.stream(WATCH_CHUNK):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        if obj.get("code") == 410:
+                            raise _Expired()
+                        raise ApiError(int(obj.get("code") or 500), "WATCH", path, json.dumps(obj))
+                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    if event.get("type") != "BOOKMARK":
+                        on_change(obj)
+                if stopped.is_set():
+                    break
+            else:
+                ended = True
+        finally:
+            # Back to the pool only when read to its end; else its connection holds unread data.
+            if ended:
+                stream.release_conn()
+            else:
+                stream.close()
+        return version
 
     def serves_pod_groups(self) -> bool:
         """Whether the API server serves scheduling.k8s.io/v1alpha2 PodGroups (the in-tree gang
@@ -160,10 +273,26 @@ class KubeClient:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         self.request("DELETE", resource_path(kind, namespace, name), body=body, missing_ok=True)
 
-    def list_children(self, kind: str, namespace: str, selector: dict[str, str]) -> list[Obj]:
+    def create(self, obj: Obj) -> str | None:
+        """Create, never adopt: a 409 if the name is taken. Returns the resourceVersion made."""
+        meta = obj["metadata"]
+        made = self.request("POST", resource_path(obj["kind"], meta["namespace"]), body=obj)
+        return _version_of(made)
+
+    def list_children(
+        self, kind: str, namespace: str, selector: dict[str, str], since: str | None = None
+    ) -> tuple[list[Obj], str | None]:
+        """(the objects, the listing's resourceVersion). `since` None reads the latest state (a
+        quorum read, which the API server may hold until its watch cache has caught up with
+        etcd: up to its 100 ms progress-request period); a version reads from the watch cache,
+        at once, a state at least that new ("0": any)."""
         query = {"labelSelector": ",".join(f"{k}={v}" for k, v in sorted(selector.items()))}
+        if since is not None:
+            query["resourceVersion"] = since
+            if since != "0":
+                query["resourceVersionMatch"] = "NotOlderThan"
         found = self.request("GET", resource_path(kind, namespace), query=query) or {}
-        return list(found.get("items") or [])
+        return list(found.get("items") or []), _version_of(found)
 
     def list_jobs(self, kind: str, namespace: str | None = None) -> list[Obj]:
         """Every object of one of our kinds (all namespaces when namespace is None)."""
@@ -188,8 +317,7 @@ class KubeClient:
             body=body,
             content_type="application/merge-patch+json",
         )
-        version = ((written or {}).get("metadata") or {}).get("resourceVersion")
-        return str(version) if version else None
+        return _version_of(written)
 
     def event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         meta = involved["metadata"]
@@ -228,6 +356,11 @@ class KubeClient:
                 return str(response.read().decode())
         except (OSError, ValueError):
             return None
+
+
+def _version_of(obj: Obj | None) -> str | None:
+    version = ((obj or {}).get("metadata") or {}).get("resourceVersion")
+    return str(version) if version else None
 
 
 def _with_nulls(status: Obj) -> Obj:

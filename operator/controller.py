@@ -13,9 +13,10 @@ handlers.py (kopf) only reports what changed; this module decides which jobs to 
 The watch event of the operator's own status write is not a reason to look again: it carries
 what the pass that wrote it already decided (its resourceVersion is the one that write returned;
 any other writer's change makes a different one, and a write on top of someone else's fails its
-resourceVersion precondition first). Without this every pass that changes status paid for a
-second, idle one. A steady cluster therefore costs one pass per job per resync period, and
-nothing between events.
+resourceVersion precondition first; an event that comes while its job's pass still runs, often
+ahead of the write's own answer, is judged when the pass ends). Without this every pass that
+changes status paid for a second, idle one. A steady cluster therefore costs one pass per job
+per resync period, and nothing between events.
 
 With leader election (leader.py) the controller is also where leadership takes effect: its
 writes go through the elector's fence, and its work queue dispatches only while it leads. A
@@ -85,6 +86,9 @@ class Controller:
         self._dependents: dict[Key, set[Key]] = defaultdict(set)  # upstream -> downstream jobs
         self._upstreams: dict[Key, set[Key]] = {}  # downstream -> its upstreams
         self._seen: dict[Key, tuple[Any, Any]] = {}  # job -> (state, InputsReady reason) last seen
+        self._passing: set[Key] = set()  # jobs a pass is running for
+        # job -> the resourceVersion of its latest event during its pass, told apart at the end
+        self._during: dict[Key, str | None] = {}
 
     def start(self) -> None:
         """Dispatch reconcile passes now, or (leader-elected) once this replica leads."""
@@ -131,8 +135,14 @@ class Controller:
                 self.metrics.observe_state(key, None)
         else:
             self._index(key, body)
-            if meta.get("resourceVersion") is None or meta.get("resourceVersion") != self.reconciler.written.get(key):
-                self.queue.add(key)  # not the echo of our own status write
+            version = meta.get("resourceVersion")
+            if version is None or version != self.reconciler.written.get(key):
+                with self._lock:
+                    during = key in self._passing
+                    if during:  # perhaps the echo of the status write whose answer is on its way
+                        self._during[key] = version
+                if not during:
+                    self.queue.add(key)  # not the echo of our own status write
         # Downstream jobs read their upstreams' state (and name it in their InputsReady message):
         # look at them again whenever that changes, not on every progress write.
         status: Obj = body.get("status") or {}
@@ -151,17 +161,26 @@ class Controller:
 
     def child_changed(self, body: Obj) -> None:
         """A pod or batch Job of ours changed. A gang of 64 pods sends hundreds of these within a
-        second; waiting CHILD_BATCH seconds folds each burst into one pass."""
+        second; waiting CHILD_BATCH seconds folds each burst into one pass. Only for a job this
+        operator serves (one kopf has reported): the children's watches may see more namespaces than
+        --namespace names (handlers.py), and another operator's jobs are not ours to look at."""
         meta = body.get("metadata") or {}
         labels = meta.get("labels") or {}
         kind, name = labels.get(LABEL_KIND), labels.get(LABEL_JOB)
-        if kind in KINDS and name:
-            self.queue.add((kind, str(meta.get("namespace", "default")), name), CHILD_BATCH)
+        if kind not in KINDS or not name:
+            return
+        key: Key = (str(kind), str(meta.get("namespace", "default")), str(name))
+        with self._lock:
+            served = key in self._upstreams
+        if served:
+            self.queue.add(key, CHILD_BATCH)
 
     # -- the work ---------------------------------------------------------------------------
     def _work(self, key: Key) -> float | None:
         kind = key[0]
         started = time.perf_counter()
+        with self._lock:
+            self._passing.add(key)
         try:
             again = self.reconciler.reconcile(*key)
         except NotLeader:
@@ -178,6 +197,7 @@ class Controller:
                 self.metrics.errors.labels(kind).inc()
             raise
         finally:
+            self._passed(key)
             if self.metrics is not None:
                 self.metrics.duration.labels(kind).observe(time.perf_counter() - started)
         if self.metrics is not None:
@@ -185,6 +205,19 @@ class Controller:
         if again is None and not self._gone(key):
             again = self.resync_seconds
         return None if again is None else min(again, self.resync_seconds)
+
+    def _passed(self, key: Key) -> None:
+        """A pass ended: look again if the object changed during it, unless the latest change was
+        the pass's own status write (its watch event can arrive before the write's answer). Any
+        change after the pass read the object made that write fail its resourceVersion check, so
+        the latest event's version is the one to compare."""
+        with self._lock:
+            self._passing.discard(key)
+            if key not in self._during:
+                return
+            version = self._during.pop(key)
+        if version is None or version != self.reconciler.written.get(key):
+            self.queue.add(key)
 
     def _gone(self, key: Key) -> bool:
         with self._lock:

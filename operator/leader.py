@@ -281,8 +281,11 @@ class FencedPort:
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         return self._port.get(kind, namespace, name)
 
-    def list_children(self, kind: str, namespace: str, selector: dict[str, str]) -> list[Obj]:
-        return self._port.list_children(kind, namespace, selector)
+    def list_children(
+        self, kind: str, namespace: str, selector: dict[str, str], since: str | None = None
+    ) -> tuple[list[Obj], str | None]:
+        listed: tuple[list[Obj], str | None] = self._port.list_children(kind, namespace, selector, since)
+        return listed
 
     def scrape(self, url: str) -> str | None:
         return self._port.scrape(url)
@@ -292,6 +295,12 @@ class FencedPort:
         meta = obj.get("metadata") or {}
         self._check(f"apply {obj.get('kind')} {meta.get('namespace')}/{meta.get('name')}")
         self._port.apply(obj)
+
+    def create(self, obj: Obj) -> str | None:
+        meta = obj.get("metadata") or {}
+        self._check(f"create {obj.get('kind')} {meta.get('namespace')}/{meta.get('name')}")
+        made: str | None = self._port.create(obj)
+        return made
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self._check(f"delete {kind} {namespace}/{name}")

@@ -2,17 +2,22 @@
 crash-safe order:
 
 1. write the status first: it records the intent (attempt N+1, restarts+1), guarded by the
-   object's resourceVersion, so two passes can never both count one failure;
-2. then delete and apply children: names are deterministic per attempt, so a pass that dies
-   half-way is finished by the next one and never makes a duplicate Job;
+   object's resourceVersion, so two passes can never both count one failure. A new attempt's
+   ConfigMap, Service and PodGroup go out with it: they start nothing, their names are the
+   attempt's, and applying them again is a no-op, so a write that fails (409) or a pass that
+   dies leaves at worst what the next pass applies again under the same names;
+2. only once the status is written: delete children, then create the batch Job. Names are
+   deterministic per attempt, so a pass that dies half-way is finished by the next one and never
+   makes a duplicate Job. The Job is created, not applied: a name already taken (a deleted
+   namesake's Job not yet collected) is a 409 and a pass on the latest state, never an adoption
+   of someone else's pods. It is created only once everything its pods need exists, so a pass
+   that dies before it leaves no Job without its config;
 3. then emit one Event per condition transition.
 
-The requests of one step that do not depend on each other go out at once: the deletes of an
-attempt, and the ConfigMap, Service and PodGroup of a new one; the batch Job is applied only once
-every one of those has succeeded (its pods need them), so a pass that dies between the two
-leaves no Job without its config, and the next pass applies the same names again. The object
-is read while its batch Jobs are listed. A new job's first pass is then four round trips (read
-and list, the status, ConfigMap + Service + PodGroup, the Job) instead of seven in a row.
+The requests of one step that do not depend on each other go out at once. The object is read
+while its batch Jobs are listed. A new job's first pass is then three round trips (read and
+list; the status with ConfigMap + Service + PodGroup; the Job) instead of seven in a row, and the
+listings are answered from the API server's watch cache (`_list`), without waiting for it.
 
 The resourceVersion each status write made is kept per job (`written`), so the controller can
 tell the watch event of the operator's own write from anyone else's and not run a pass for it.
@@ -79,8 +84,11 @@ class ClusterPort(Protocol):
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None: ...
     def apply(self, obj: Obj) -> None: ...
+    def create(self, obj: Obj) -> str | None: ...  # 409 if the name is taken; the resourceVersion made
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
-    def list_children(self, kind: str, namespace: str, selector: dict[str, str]) -> list[Obj]: ...
+    def list_children(
+        self, kind: str, namespace: str, selector: dict[str, str], since: str | None = None
+    ) -> tuple[list[Obj], str | None]: ...  # (objects, resourceVersion); since: None latest, "0" any
     def patch_status(
         self, kind: str, namespace: str, name: str, status: Obj, resource_version: str
     ) -> str | None: ...  # the resourceVersion written, where the port can tell
@@ -123,17 +131,21 @@ class Reconciler:
             else None
         )
         self._workload_errors: set[str] = set()  # each kind of failure to read Workloads, logged once
+        # (job, "Job" | "Pod") -> the resourceVersion its next listing must be at least as new as
+        # (None: the latest state); see _list.
+        self._read_at: dict[tuple[Key, str], str | None] = {}
 
     def reconcile(self, kind: str, namespace: str, name: str) -> float | None:
         """One pass for one job; returns seconds until it wants to look again (None: on events only)."""
         # The children's selector needs only the key: the batch Jobs are listed while the object
-        # is read (one round trip for both; a pass is serial per key, so a listing never misses
-        # what an earlier pass of ours applied).
+        # is read (one round trip for both; _list says why a listing never misses what an earlier
+        # pass of ours made).
+        key = (kind, namespace, name)
         selector = children_selector(kind, name)
-        listing = self._start(partial(self.port.list_children, "Job", namespace, selector))
+        listing = self._start(partial(self._list, key, "Job", selector))
         body = self.port.get(kind, namespace, name)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            self.forget((kind, namespace, name))
+            self.forget(key)
             return None
         try:
             job = parse_job(body)
@@ -152,7 +164,7 @@ class Reconciler:
         # Batch Jobs always: at attempt 0 too, where one may be left over from a deleted object
         # of the same name (decide() deletes it before making its own).
         if status.get("attempt"):
-            pods = self.port.list_children("Pod", namespace, selector)
+            pods = self._list(key, "Pod", selector)
         else:
             # No attempt recorded means no child of ours was ever made (status is written before
             # any child is applied), so a new job skips listing pods on its way to its first ones.
@@ -163,7 +175,7 @@ class Reconciler:
         children = listing.result()
         pods = of_listed_jobs(pods, children)
         now = self.clock()
-        progress = self._progress((kind, namespace, name), status, pods, now)
+        progress = self._progress(key, status, pods, now)
         workload = self._workload(namespace, queued_job(status, children))  # only for a Job Kueue holds
         observed = Observed(
             body, children, pods, upstreams, now, progress, graph=graph, uri_checks=uri_checks, workload=workload
@@ -176,20 +188,26 @@ class Reconciler:
                 kind, body, f"the operator cannot render this job: {type(exc).__name__}: {exc}", reason="RenderFailed"
             )
             return None
+        # The status, with what the new attempt's pods need: its ConfigMap, Service and PodGroup.
+        first: list[Callable[[], None]] = [
+            partial(self.port.apply, obj) for obj in plan.apply if obj.get("kind") != "Job"
+        ]
         if plan.status != status:
-            self._patch_status((kind, namespace, name), plan.status, str(body["metadata"].get("resourceVersion", "")))
+            version = str(body["metadata"].get("resourceVersion", ""))
+            first.insert(0, partial(self._patch_status, key, plan.status, version))
+        self._at_once(first)
+        if plan.status != status:
             self._finished(kind, status, plan.status)
+        # Only once the status is written: deletes, then the Job.
         self._at_once([partial(self.port.delete, v, k, namespace, child) for v, k, child in plan.delete])
-        # The Job last, once everything its pods need exists (render_attempt's order).
-        self._at_once([partial(self.port.apply, obj) for obj in plan.apply if obj.get("kind") != "Job"])
-        self._at_once([partial(self.port.apply, obj) for obj in plan.apply if obj.get("kind") == "Job"])
+        self._at_once([partial(self._create_job, key, obj) for obj in plan.apply if obj.get("kind") == "Job"])
         if plan.handoff_from is not None:  # measured once the downstream's Job exists
             plan.handoff_seconds = max(0.0, (self.clock() - plan.handoff_from).total_seconds())
         for type_, reason, message in plan.events:
             self.port.event(body, type_, reason, message)
         if plan.delete_self:
             self.port.delete(API_VERSION, kind, namespace, name)
-            self.forget((kind, namespace, name))
+            self.forget(key)
         if self.on_plan is not None:
             self.on_plan(kind, status, plan)
         return plan.requeue_after
@@ -202,7 +220,8 @@ class Reconciler:
             return None
         uid = str((job.get("metadata") or {}).get("uid", ""))
         try:
-            return kueue.workload_of(self.port.list_children("Workload", namespace, {kueue.WORKLOAD_JOB_UID: uid}), uid)
+            workloads, _ = self.port.list_children("Workload", namespace, {kueue.WORKLOAD_JOB_UID: uid})
+            return kueue.workload_of(workloads, uid)
         except Exception as exc:
             kind = str(getattr(exc, "status", type(exc).__name__))
             if kind not in self._workload_errors:
@@ -221,6 +240,35 @@ class Reconciler:
         """Drop what is kept about a job that is gone."""
         self._scraped.pop(key, None)
         self.written.pop(key, None)
+        for kind in ("Job", "Pod"):
+            self._read_at.pop((key, kind), None)
+
+    def _list(self, key: Key, kind: str, selector: dict[str, str]) -> list[Obj]:
+        """The job's batch Jobs or pods, from the API server's watch cache, never older than what
+        this process last saw of them or, for Jobs, created. A pass then reads its own writes and
+        never goes back in time, and the server answers at once: a read of the latest state waits
+        up to 100 ms for its cache to catch up with etcd, and it was most of a new job's first
+        pass. With nothing seen yet (a new job, or after a restart), batch Jobs are read at any
+        version: a Job missed creates its name again and the 409 sends the next pass to the
+        latest state (_create_job). Pods are read at the latest state then: a status written by
+        an earlier leader may say the gang was Running, and an older view without its pods would
+        read as a broken gang."""
+        since = self._read_at.get((key, kind), "0" if kind == "Job" else None)
+        items, version = self.port.list_children(kind, key[1], selector, since)
+        if version:
+            self._read_at[(key, kind)] = version
+        return items
+
+    def _create_job(self, key: Key, obj: Obj) -> None:
+        """Create (never adopt) the attempt's Job; its version is the least the next listing reads."""
+        try:
+            made = self.port.create(obj)
+        except Exception as exc:
+            if getattr(exc, "status", None) == 409:  # the name is taken: read the latest state next
+                self._read_at[(key, "Job")] = None
+            raise
+        if made:
+            self._read_at[(key, "Job")] = made
 
     def _start(self, request: Callable[[], T]) -> Future[T]:
         """A request sent now, its answer read later (at once, without a pool)."""

@@ -3,8 +3,10 @@
 An attempt is three objects, all owned by the job object and all named `<job>-<stage>-a<N>`:
 
 * a ConfigMap with the stage config (forgeline.jobs.contract), mounted read-only;
-* a headless Service (clusterIP None, publishNotReadyAddresses) so every pod has a DNS name
-  before it is Ready: torchrun's rendezvous needs rank 0's name while the pods still start;
+* a headless Service (clusterIP None, publishNotReadyAddresses) over rank 0's pod, so its DNS
+  name resolves before it is Ready: torchrun's rendezvous dials it while the pods still start
+  (the other ranks' names are never dialled, and leaving them out spares the EndpointSlice
+  controller a rewrite per pod as a gang starts);
 * an Indexed batch/v1 Job, completions = parallelism = nodes, backoffLimit 0. The Job controller
   creates the pods; the podFailurePolicy fails the Job at once on the permanent exit codes (2, 3)
   and ignores disruptions, which the operator turns into a whole-gang restart that costs no
@@ -213,7 +215,9 @@ def render_service(job: Job, owner: Owner, attempt: int, settings: RenderSetting
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,  # rank 0 must resolve before it is Ready
-            "selector": attempt_labels(job, attempt),
+            # Rank 0 only: its name is the one torchrun needs, and each pod the Service selects
+            # makes the EndpointSlice controller rewrite the slice as that pod starts.
+            "selector": {**attempt_labels(job, attempt), LABEL_RANK: "0"},
             "ports": [{"name": "rendezvous", "port": port, "targetPort": port, "protocol": "TCP"}],
         },
     }

@@ -82,20 +82,14 @@ class WorkQueue(Generic[K]):
         with self._cond:
             while not self._stopped:
                 now = time.monotonic()
-                while self._heap:
-                    due, _, key = self._heap[0]
-                    if self._due.get(key) != due:  # superseded by an earlier add
-                        heapq.heappop(self._heap)
-                        continue
-                    if key in self._busy:  # another worker has it: hand it back to that one
-                        heapq.heappop(self._heap)
-                        del self._due[key]
-                        self._dirty.add(key)
-                        continue
-                    break
+                while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
+                    heapq.heappop(self._heap)  # superseded by an earlier add
                 if self._heap and self._heap[0][0] <= now:
                     _, _, key = heapq.heappop(self._heap)
                     del self._due[key]
+                    if key in self._busy:  # due, but another worker has it: it runs again after
+                        self._dirty.add(key)
+                        continue
                     self._busy.add(key)
                     return key
                 timeout = self._heap[0][0] - now if self._heap else None

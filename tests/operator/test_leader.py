@@ -363,6 +363,6 @@ def test_a_leader_paused_past_its_lease_stops_and_never_writes_after_the_takeove
     assert "leader write:" not in woke, f"the old leader wrote after waking:\n{woke[-3000:]}"
     assert standby.leads() and lease_of(cluster, ns)["lease_transitions"] == 1
     standby_log = standby.log_path.read_text()
-    assert "leader write: apply Job" in standby_log and f"{ns}/second" in standby_log
+    assert "leader write: create Job" in standby_log and f"{ns}/second" in standby_log
     jobs = client.BatchV1Api(cluster.client).list_namespaced_job(ns, label_selector="forgeline.io/job=second").items
     assert [j.metadata.name for j in jobs] == ["second-pretrain-a1"], "one attempt, one batch Job"

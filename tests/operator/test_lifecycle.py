@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kubernetes import client
 from testbed.kube import EXIT_CODE_ANNOTATION, OUTCOME_LABEL, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -54,6 +55,18 @@ def test_four_node_gpu_job_is_one_indexed_job_with_the_env_contract(jobs: Any, m
         assert pod.metadata.owner_references[0].kind == "Job"
     svc = jobs.core.read_namespaced_service("big-pretrain-a1", jobs.ns)
     assert svc.spec.cluster_ip == "None" and svc.spec.publish_not_ready_addresses is True
+
+    # The DNS name torchrun dials (PET_MASTER_ADDR) is rank 0's endpoint with its hostname; the
+    # other ranks are not in the Service, so their starts never rewrite its EndpointSlice.
+    def endpoints() -> list[Any]:
+        discovery = client.DiscoveryV1Api(jobs.core.api_client)
+        slices = discovery.list_namespaced_endpoint_slice(
+            jobs.ns, label_selector="kubernetes.io/service-name=big-pretrain-a1"
+        ).items
+        return [e for s in slices for e in s.endpoints or []]
+
+    (endpoint,) = wait_for(endpoints, timeout=30, what="the Service's endpoint")
+    assert endpoint.hostname == "big-pretrain-a1-0" and endpoint.target_ref.name == pods[0].metadata.name
     assert jobs.core.read_namespaced_config_map("big-pretrain-a1", jobs.ns).data["stage.json"]
 
 

@@ -48,6 +48,13 @@ class FakeCluster:
             self.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
         self.put(obj)
 
+    def create(self, obj: Obj) -> str | None:
+        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if key in self.objects:
+            raise Taken(f"{obj['kind']} {key[2]} exists")
+        self.apply(obj)
+        return str(self.version)
+
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self.objects.pop((kind, namespace, name), None)
         if kind == "Job":
@@ -55,14 +62,18 @@ class FakeCluster:
             for key in owned:
                 del self.objects[key]
 
-    def list_children(self, kind: str, namespace: str, selector: dict[str, str]) -> list[Obj]:
-        return [
+    def list_children(
+        self, kind: str, namespace: str, selector: dict[str, str], since: str | None = None
+    ) -> tuple[list[Obj], str | None]:
+        """Always the latest state (as if every read were a quorum read)."""
+        found = [
             copy.deepcopy(o)
             for (k, ns, _), o in self.objects.items()
             if k == kind and ns == namespace and all(_labels(o).get(a) == b for a, b in selector.items())
         ]
+        return found, str(self.version)
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: Obj, resource_version: str) -> None:
+    def patch_status(self, kind: str, namespace: str, name: str, status: Obj, resource_version: str) -> str | None:
         obj = self.objects[(kind, namespace, name)]
         assert obj["metadata"]["resourceVersion"] == resource_version, "conflict"
         JobStatus.model_validate(status)  # what we write fits the CRD's status schema
@@ -70,6 +81,7 @@ class FakeCluster:
         self.status_writes += 1
         self.version += 1
         obj["metadata"]["resourceVersion"] = str(self.version)
+        return str(self.version)
 
     def event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))
@@ -105,6 +117,12 @@ class FakeCluster:
         for i in range(job["spec"]["completions"]):
             self.set_pod(attempt, i, "Succeeded", exit_code=0, message=message if i == 0 else "")
         job["status"] = completed(job)["status"]
+
+
+class Taken(Exception):
+    """A create of a name that exists: the API server's 409 AlreadyExists."""
+
+    status = 409
 
 
 def _labels(obj: Obj) -> dict[str, str]:

@@ -308,12 +308,14 @@ class Counting(Harness):
         self.reads = 0
         listing = self.cluster.list_children
 
-        def list_children(kind: str, namespace: str, selector: dict[str, str]) -> list[Obj]:
+        def list_children(
+            kind: str, namespace: str, selector: dict[str, str], since: str | None = None
+        ) -> tuple[list[Obj], str | None]:
             if kind == "Workload":
                 self.reads += 1
                 if refuse is not None:
                     raise ApiError(refuse, "GET", "/apis/kueue.x-k8s.io/v1beta2/namespaces/default/workloads", "{}")
-            return listing(kind, namespace, selector)
+            return listing(kind, namespace, selector, since)
 
         self.cluster.list_children = list_children  # type: ignore[method-assign]
 

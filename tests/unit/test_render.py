@@ -141,7 +141,12 @@ def test_service_is_headless_and_publishes_not_ready_addresses() -> None:
     svc = render()["Service"]["spec"]
     assert svc["clusterIP"] == "None"
     assert svc["publishNotReadyAddresses"] is True
-    assert svc["selector"] == {LABEL_JOB: "base", LABEL_KIND: "PretrainJob", LABEL_ATTEMPT: "1"}
+    assert svc["selector"] == {
+        LABEL_JOB: "base",
+        LABEL_KIND: "PretrainJob",
+        LABEL_ATTEMPT: "1",
+        "batch.kubernetes.io/job-completion-index": "0",  # rank 0's name is the one torchrun dials
+    }
     assert svc["ports"][0]["port"] == 29500
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from forgeline.operator.workqueue import WorkQueue
 
@@ -15,16 +16,22 @@ def wait_until(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-
         time.sleep(0.005)
 
 
-def test_a_burst_of_adds_while_busy_becomes_one_more_pass() -> None:
+def first_pass_held(record: Callable[[str], object]) -> tuple[Callable[[str], None], threading.Event, threading.Event]:
+    """A work function that records each pass and holds the first until `release` is set."""
     started, release = threading.Event(), threading.Event()
-    calls: list[str] = []
 
     def work(key: str) -> None:
-        calls.append(key)
-        if len(calls) == 1:
+        record(key)
+        if not started.is_set():
             started.set()
             release.wait(5)
 
+    return work, started, release
+
+
+def test_a_burst_of_adds_while_busy_becomes_one_more_pass() -> None:
+    calls: list[str] = []
+    work, started, release = first_pass_held(calls.append)
     queue: WorkQueue[str] = WorkQueue(work, workers=3)
     queue.start()
     try:
@@ -35,6 +42,26 @@ def test_a_burst_of_adds_while_busy_becomes_one_more_pass() -> None:
         release.set()
         wait_until(lambda: len(calls) == 2 and len(queue) == 0)
         assert calls == ["job", "job"]
+    finally:
+        queue.stop()
+
+
+def test_a_delayed_add_while_busy_waits_out_its_delay_after_the_pass() -> None:
+    """Pod events batch (controller.CHILD_BATCH): one arriving mid-pass must not turn into a pass
+    right after it, or a gang's start is one pass after another for as long as pods change."""
+    calls: list[float] = []
+    work, started, release = first_pass_held(lambda _: calls.append(time.monotonic()))
+    queue: WorkQueue[str] = WorkQueue(work, workers=3)
+    queue.start()
+    try:
+        queue.add("job")
+        assert started.wait(5)
+        queue.add("job", 0.3)
+        added = time.monotonic()
+        time.sleep(0.05)  # idle workers look at the heap meanwhile
+        release.set()
+        wait_until(lambda: len(calls) == 2)
+        assert calls[1] - added >= 0.3
     finally:
         queue.stop()
 

@@ -95,7 +95,7 @@ the cluster) or monitoring.force says so (helm template has no cluster to ask).
       - lorajobs/finalizers
       - evaljobs/finalizers
     verbs: [update]
-  # One Indexed Job per attempt, written with server-side apply, deleted when the gang restarts.
+  # One Indexed Job per attempt, created (never applied over a namesake's), deleted when the gang restarts.
   - apiGroups: [batch]
     resources: [jobs]
     verbs: [get, list, watch, create, patch, delete]
